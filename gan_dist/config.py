@@ -1,0 +1,243 @@
+"""Every setting as a dataclass; YAML files and dotted `key=value` overrides on top.
+
+The defaults here ARE the default run (conditional WGAN-GP on scikit-learn's digits), so the
+installed package runs without the repo's configs/ folder. configs/default.yaml mirrors them.
+Validation raises UserError with one line naming the offending key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from gan_dist.errors import UserError
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/digits_cwgan_gp"
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"          # digits | fashion_mnist | image_folder
+    root: str = ""                # unused by digits (it ships inside scikit-learn)
+    image_size: int = 16
+    channels: int = 1             # image_folder only: 1 (grayscale) or 3 (RGB)
+    download: bool = False        # fashion_mnist only; off because clusters often have no internet
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "dcgan"           # dcgan | mlp
+    conditional: bool = True      # labels as one-hot channels (critic) / concatenated to z (generator)
+    z_dim: int = 64
+    width: int = 32               # DCGAN base channel count
+    hidden: list[int] = field(default_factory=lambda: [1024, 512, 256])  # MLP critic; generator reversed
+    norm: str = "batch"           # generator normalization: batch | none
+    critic_norm: str = "instance"  # DCGAN critic normalization: instance | none (never batch: GP is per sample)
+    dropout: float = 0.3          # MLP critic
+
+
+@dataclass
+class LossConfig:
+    kind: str = "wgan_gp"         # wgan_gp | bce
+    gp_lambda: float = 10.0
+    n_critic: int = 5
+    reuse_batch: bool = False     # the book's loop: one real batch for all n_critic updates
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.9])
+    eps: float = 1e-8             # Adam's; larger values damp updates of near-zero gradients
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000             # generator steps
+    batch_size: int = 64          # GLOBAL batch, split evenly across ranks
+    threads: Optional[int] = None  # torch threads per rank; None: CPUs available / local world size
+    log_every: int = 50
+    sample_every: int = 250
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "disabled"        # disabled | offline | online
+    project: str = "gan_dist"
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+CHOICES = {
+    "data.name": ("digits", "fashion_mnist", "image_folder"),
+    "model.kind": ("dcgan", "mlp"),
+    "model.norm": ("batch", "none"),
+    "model.critic_norm": ("instance", "none"),
+    "loss.kind": ("wgan_gp", "bce"),
+    "wandb.mode": ("disabled", "offline", "online"),
+}
+
+# Settings that change the shape of a model or of the data it learns: a checkpoint written
+# under other values cannot be resumed (checked by checkpoint.load with a clear error).
+ARCHITECTURE_KEYS = (
+    "data.name", "data.image_size", "data.channels", "model.kind", "model.conditional",
+    "model.z_dim", "model.width", "model.hidden", "model.norm", "model.critic_norm",
+)
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check/convert one value against the dataclass annotation; one-line error on mismatch."""
+    origin = typing.get_origin(typ)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        (typ,) = [t for t in typing.get_args(typ) if t is not type(None)]
+        origin = typing.get_origin(typ)
+    if origin is list:
+        (item,) = typing.get_args(typ)
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key}: expected a list of {item.__name__}, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise UserError(f"{key}: expected {typ.__name__}, got {value!r}")
+
+
+def _set(cfg: Config, key: str, value: Any) -> None:
+    obj: Any = cfg
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(obj)}
+        if part not in fields:
+            where = ".".join(parts[:depth]) or "the top level"
+            raise UserError(f"unknown config key '{key}' (valid in {where}: {', '.join(fields)})")
+        hints = typing.get_type_hints(type(obj))
+        if depth == len(parts) - 1:
+            if dataclasses.is_dataclass(hints[part]):
+                if not isinstance(value, dict):
+                    raise UserError(f"{key}: expected a mapping of settings, got {value!r}")
+                for sub, v in value.items():
+                    _set(cfg, f"{key}.{sub}", v)
+                return
+            setattr(obj, part, _coerce(key, value, hints[part]))
+            return
+        obj = getattr(obj, part)
+        if not dataclasses.is_dataclass(obj):
+            raise UserError(f"unknown config key '{key}' ('{'.'.join(parts[:depth + 1])}' is not a section)")
+
+
+def get(cfg: Config, key: str) -> Any:
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(cfg: Config) -> Config:
+    for key, allowed in CHOICES.items():
+        if get(cfg, key) not in allowed:
+            raise UserError(f"{key}: unknown choice {get(cfg, key)!r} (choose from {', '.join(allowed)})")
+    positive = ["data.image_size", "model.z_dim", "model.width", "loss.n_critic", "train.batch_size",
+                "train.log_every", "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints"]
+    for key in positive:
+        if get(cfg, key) <= 0:
+            raise UserError(f"{key}: must be positive, got {get(cfg, key)}")
+    if cfg.train.steps < 0:
+        raise UserError(f"train.steps: must be >= 0, got {cfg.train.steps}")
+    if cfg.train.threads is not None and cfg.train.threads <= 0:
+        raise UserError(f"train.threads: must be positive, got {cfg.train.threads}")
+    if cfg.optim.lr <= 0:
+        raise UserError(f"optim.lr: must be positive, got {cfg.optim.lr}")
+    if cfg.optim.eps <= 0:
+        raise UserError(f"optim.eps: must be positive, got {cfg.optim.eps}")
+    if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
+        raise UserError(f"optim.betas: expected two numbers in [0, 1), got {cfg.optim.betas}")
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise UserError(f"model.dropout: expected a number in [0, 1), got {cfg.model.dropout}")
+    if not cfg.model.hidden or any(h <= 0 for h in cfg.model.hidden):
+        raise UserError(f"model.hidden: expected a non-empty list of positive widths, got {cfg.model.hidden}")
+    if cfg.data.channels not in (1, 3):
+        raise UserError(f"data.channels: expected 1 or 3, got {cfg.data.channels}")
+    size = cfg.data.image_size
+    if cfg.model.kind == "dcgan" and (size < 8 or size & (size - 1)):
+        raise UserError(f"data.image_size: the DCGAN needs a power of two >= 8, got {size}")
+    if cfg.data.name != "digits" and not cfg.data.root:
+        raise UserError(f"data.root: required for data.name={cfg.data.name}")
+    return cfg
+
+
+def load(config_file: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Defaults, then the YAML file, then `key=value` overrides (values parsed as YAML)."""
+    cfg = Config()
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"config file {path}: expected a mapping of settings at the top level")
+        for key, value in data.items():
+            _set(cfg, str(key), value)
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r}: expected key=value (e.g. train.steps=500)")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        _set(cfg, key.strip(), value)
+    return validate(cfg)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> Config:
+    cfg = Config()
+    for key, value in data.items():
+        _set(cfg, key, value)
+    return validate(cfg)
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,20 @@
+"""Randomness as a function of (seed, step, phase): the equivalence principle's core.
+
+Every draw of a step (noise, GP interpolation weights, sampled labels) is made for the whole
+GLOBAL batch from a generator seeded by (seed, step, phase), and each rank keeps its rows.
+So a W-rank run draws what a 1-rank run draws, and a resumed run what an uninterrupted one
+drew, without saving any RNG state."""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+
+def mix_seed(*parts: object) -> int:
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def seeded_generator(*parts: object) -> torch.Generator:
+    return torch.Generator().manual_seed(mix_seed(*parts))

@@ -1,0 +1,78 @@
+"""Metrics on rank 0 only: a console line, run_dir/metrics.jsonl (always), wandb (when
+enabled). Other ranks get a Tracker that does nothing, so no wandb call ever runs there."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from gan_dist.config import Config, to_dict
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+class Tracker:
+    def __init__(self, cfg: Config, active: bool, resume_step: int = 0, run_id: Optional[str] = None):
+        self.active = active
+        self.run_dir = Path(cfg.run.dir)
+        self.total_steps = cfg.train.steps
+        self.wandb_run = None
+        if not active:
+            return
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self._truncate_after(resume_step)
+        if cfg.wandb.mode != "disabled":
+            try:
+                import wandb
+                self.wandb_run = wandb.init(project=cfg.wandb.project, mode=cfg.wandb.mode,
+                                            dir=str(self.run_dir), id=run_id or None, resume="allow",
+                                            config=to_dict(cfg))
+            except Exception as e:  # no network, bad key...: the run goes on with metrics.jsonl
+                self.warn(f"wandb did not start ({type(e).__name__}: {e}); metrics go to {self.metrics_path} only")
+
+    @property
+    def run_id(self) -> str:
+        return self.wandb_run.id if self.wandb_run is not None else ""
+
+    def _truncate_after(self, step: int) -> None:
+        """A resumed run repeats the steps after its checkpoint: drop their old lines."""
+        if not self.metrics_path.exists():
+            return
+        lines = [ln for ln in self.metrics_path.read_text().splitlines()
+                 if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        self.metrics_path.write_text("".join(ln + "\n" for ln in lines))
+
+    def info(self, message: str) -> None:
+        if self.active:
+            print(message, flush=True)
+
+    def warn(self, message: str) -> None:
+        if self.active:
+            print(f"gan_dist: warning: {message}", file=sys.stderr, flush=True)
+
+    def log(self, step: int, metrics: dict) -> None:
+        if not self.active:
+            return
+        row = {"step": step, **{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                for k, v in metrics.items()}}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        shown = " ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if k not in ("epoch", "lr"))
+        print(f"step {step}/{self.total_steps} | {shown}", flush=True)
+        if self.wandb_run is not None:
+            self.wandb_run.log(metrics, step=step)
+
+    def log_image(self, step: int, name: str, grid_uint8: torch.Tensor) -> None:
+        if self.active and self.wandb_run is not None:
+            import wandb
+            self.wandb_run.log({name: wandb.Image(grid_uint8.permute(1, 2, 0).numpy())}, step=step)
+
+    def close(self) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.finish()

@@ -1,0 +1,203 @@
+"""THE training loop. One step = n_critic critic updates, then one generator update.
+
+Reads top to bottom: build (data, models, optimizers, resume), wrap in DDP when W > 1, then
+`fit`: steps, and at step boundaries logging, sample grids and checkpoints. All ranks run the
+same updates in the same order; anything that may differ per rank is agreed by a collective
+at a step boundary.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from gan_dist import checkpoint, sampling
+from gan_dist.config import Config, dump, to_dict
+from gan_dist.data import BatchStream, build_dataset
+from gan_dist.distributed import World, all_reduce_mean, barrier, check_consistency
+from gan_dist.errors import UserError
+from gan_dist.losses import build_loss
+from gan_dist.models import build_models
+from gan_dist.seeding import mix_seed, seeded_generator
+from gan_dist.tracking import Tracker
+
+
+class Trainer:
+    def __init__(self, cfg: Config, world: World):
+        self.cfg, self.world = cfg, world
+        self.run_dir = Path(cfg.run.dir)
+        dataset, self.info = build_dataset(cfg)
+
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank and for any W
+        generator, critic = build_models(cfg, self.info)
+        if world.distributed and world.device.type == "cuda" and cfg.model.norm == "batch":
+            generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(generator)
+        self.generator, self.critic = generator.to(world.device), critic.to(world.device)
+        adam = dict(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), **adam)
+        self.opt_c = torch.optim.Adam(self.critic.parameters(), **adam)
+        self.loss = build_loss(cfg.loss.kind, cfg.loss.gp_lambda)
+        self.num_classes = self.generator.num_classes
+        self.batches_per_step = 1 if cfg.loss.reuse_batch else cfg.loss.n_critic
+
+        self.step, self.wandb_run_id = 0, ""
+        self._resume()
+        self.stream = BatchStream(dataset, cfg, world, epoch=self._epoch, position=self._position)
+
+        # DDP only when there is more than one rank; the single process uses the bare modules.
+        # Generator: forward_sync_buffers=False (BatchNorm running stats only matter in eval, and
+        # broadcasting them between several forwards and one backward breaks autograd).
+        # Never static_graph=True: with the penalty's double backward it silently desynchronizes.
+        if world.distributed:
+            ids = [world.device.index] if world.device.type == "cuda" else None
+            sync_bn = any(isinstance(m, torch.nn.SyncBatchNorm) for m in self.generator.modules())
+            self.generator_ddp = DDP(self.generator, device_ids=ids, forward_sync_buffers=sync_bn)
+            self.critic_ddp = DDP(self.critic, device_ids=ids)
+        else:
+            self.generator_ddp, self.critic_ddp = self.generator, self.critic
+
+    # ---- resume -------------------------------------------------------------------------
+    def _resume(self) -> None:
+        self._epoch = self._position = 0
+        found = checkpoint.load_latest(self.run_dir, warn=self._warn)
+        if found is None:
+            return
+        state, path = found
+        checkpoint.check_compatible(state, self.cfg, path)
+        checkpoint.load_state(self.generator, state["generator"], "generator", path)
+        checkpoint.load_state(self.critic, state["critic"], "critic", path)
+        checkpoint.load_state(self.opt_g, state["opt_generator"], "generator optimizer", path)
+        checkpoint.load_state(self.opt_c, state["opt_critic"], "critic optimizer", path)
+        self.step, self._epoch, self._position = int(state["step"]), int(state["epoch"]), int(state["position"])
+        self.wandb_run_id = str(state.get("wandb_run_id", ""))
+        if self.world.is_main:
+            print(f"resuming from {path} (step {self.step})", flush=True)
+
+    def _warn(self, message: str) -> None:
+        if self.world.is_main:
+            print(f"gan_dist: warning: {message}", flush=True)
+
+    # ---- one step -----------------------------------------------------------------------
+    def _draw(self, step: int, phase: str):
+        """Noise, labels and GP weights for the GLOBAL batch; this rank keeps rows r, r+W, ..."""
+        g = seeded_generator(self.cfg.seed, step, phase)
+        b = self.cfg.train.batch_size
+        z = torch.randn(b, self.cfg.model.z_dim, generator=g)
+        labels = torch.randint(max(self.num_classes, 1), (b,), generator=g)
+        alpha = torch.rand(b, 1, 1, 1, generator=g)
+        rows = slice(self.world.rank, b, self.world.world_size)
+        dev = self.world.device
+        return z[rows].to(dev), labels[rows].to(dev), alpha[rows].to(dev)
+
+    def _onehot(self, labels: torch.Tensor):
+        return F.one_hot(labels, self.num_classes).float() if self.num_classes else None
+
+    def train_step(self, step: int) -> torch.Tensor:
+        """Returns this rank's stats for the step (on device, no host sync)."""
+        # Layer randomness (dropout) is reseeded per (step, rank): resume stays exact.
+        torch.manual_seed(mix_seed(self.cfg.seed, step, "layers", self.world.rank))
+        critic_stats = 0.0
+        for i in range(self.cfg.loss.n_critic):
+            if i < self.batches_per_step:
+                real, labels = self.stream.next()
+                onehot = self._onehot(labels)
+            z, _, alpha = self._draw(step, f"critic{i}")
+            with torch.no_grad():  # fakes for the critic: no generator graph, no generator all-reduce
+                fake = self.generator(z, onehot)
+            loss, stats = self.loss.critic_loss(self.critic_ddp, real, fake, onehot, alpha)
+            self.opt_c.zero_grad(set_to_none=True)
+            loss.backward()  # ONE backward of the summed terms: one all-reduce of the critic
+            self.opt_c.step()
+            critic_stats = critic_stats + stats
+
+        z, labels, _ = self._draw(step, "generator")
+        onehot = self._onehot(labels)
+        self.critic.requires_grad_(False)  # bare critic: no critic all-reduce in this phase
+        loss_g = self.loss.generator_loss(self.critic, self.generator_ddp(z, onehot), onehot)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        self.critic.requires_grad_(True)
+        return torch.cat([critic_stats / self.cfg.loss.n_critic, loss_g.detach().view(1)])
+
+    # ---- the loop -----------------------------------------------------------------------
+    def fit(self) -> None:
+        cfg, world = self.cfg, self.world
+        if world.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.run_dir / ".config.yaml.tmp"
+            tmp.write_text(dump(cfg))
+            tmp.replace(self.run_dir / "config.yaml")
+        self.tracker = Tracker(cfg, world.is_main, resume_step=self.step, run_id=self.wandb_run_id)
+        self.wandb_run_id = self.tracker.run_id or self.wandb_run_id
+        self.sample_z, self.sample_onehot, self.sample_nrow = sampling.fixed_inputs(
+            cfg.model.z_dim, self.num_classes, cfg.seed)
+        names = self.loss.stat_names + ("loss_gen",)
+        if self.step >= cfg.train.steps:
+            self.tracker.info(f"nothing to do: {self.run_dir} is at step {self.step} (train.steps={cfg.train.steps})")
+            self.tracker.close()
+            return
+        self.tracker.info(f"training {cfg.model.kind}/{cfg.loss.kind} on {cfg.data.name}: steps {self.step}->"
+                          f"{cfg.train.steps}, global batch {cfg.train.batch_size} on {world.world_size} rank(s), "
+                          f"{torch.get_num_threads()} thread(s) each, device {world.device}")
+        acc = torch.zeros(len(names), device=world.device)
+        first_bad = torch.full((1,), float("inf"), device=world.device)
+        window_start, window_steps = time.perf_counter(), 0
+        while self.step < cfg.train.steps:
+            stats = self.train_step(self.step)
+            # Remember the first step with a non-finite loss without a host sync.
+            first_bad = torch.minimum(first_bad, torch.where(torch.isfinite(stats).all(),
+                                                             float("inf"), float(self.step)))
+            acc += stats
+            self.step += 1
+            window_steps += 1
+            last = self.step == cfg.train.steps
+            save_now = last or self.step % cfg.train.checkpoint_every == 0
+            if save_now or self.step % cfg.train.log_every == 0:
+                means = all_reduce_mean(acc / window_steps, world).tolist()
+                if world.distributed:
+                    torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MIN)
+                if torch.isfinite(first_bad).item():  # every rank sees the same value: all stop here
+                    bad = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, means))
+                    raise UserError(f"loss is not finite at step {int(first_bad.item()) + 1} "
+                                    f"(means since the last log: {bad}); stopped, checkpoints kept as they were")
+                elapsed = time.perf_counter() - window_start
+                b = cfg.train.batch_size
+                # Images through the critic: real + fake per critic update, fakes in the generator update.
+                images = window_steps * b * (2 * cfg.loss.n_critic + 1)
+                self.tracker.log(self.step, {**dict(zip(names, means)), "epoch": self.stream.epoch,
+                                             "lr": cfg.optim.lr, "images_per_sec": images / elapsed,
+                                             "step_time": elapsed / window_steps})
+                acc.zero_()
+                window_start, window_steps = time.perf_counter(), 0
+            if last or self.step % cfg.train.sample_every == 0:
+                self.save_samples()
+            if save_now:
+                self.save_checkpoint()
+        self.tracker.close()
+
+    def save_samples(self) -> None:
+        if not self.world.is_main:
+            return
+        images = sampling.generate(self.generator, self.sample_z, self.sample_onehot)
+        path = self.run_dir / "samples" / f"step_{self.step:08d}.png"
+        sampling.save_grid(images, path, self.sample_nrow)
+        self.tracker.log_image(self.step, "samples", sampling.to_uint8_grid(images, self.sample_nrow))
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.state_dict(), "critic": self.critic.state_dict(),
+                "opt_generator": self.opt_g.state_dict(), "opt_critic": self.opt_c.state_dict(),
+                "step": self.step, "epoch": self.stream.epoch, "position": self.stream.position,
+                "config": to_dict(self.cfg), "data_info": dataclasses.asdict(self.info),
+                "wandb_run_id": self.wandb_run_id}
+
+    def save_checkpoint(self) -> None:
+        check_consistency(self.world, self.generator, self.critic)
+        if self.world.is_main:
+            path = checkpoint.save(self.run_dir, self.state_dict(), self.cfg.train.keep_checkpoints)
+            self.tracker.info(f"saved {path}")
+        barrier(self.world)

@@ -1,0 +1,123 @@
+"""Shared by the tests: real subprocesses (1 or 2 ranks, gloo, 1 thread each), free ports
+chosen at run time, bounded waits, every spawned process killed on the way out."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# A tiny but real run: the digits at 8x8, narrow models, a few steps.
+TINY = ["data.image_size=8", "model.width=8", "model.z_dim=16", "train.batch_size=16",
+        "train.threads=1", "train.log_every=2", "train.sample_every=4", "train.checkpoint_every=4"]
+
+
+@dataclass
+class Proc:
+    rc: int
+    out: str
+    err: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_env(tmp: Path | None = None) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", WANDB_MODE="offline",
+               WANDB_SILENT="true")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    if tmp is not None:
+        env["WANDB_DIR"] = str(tmp)
+    return env
+
+
+def spawn(cmd: list[str], world_size: int = 1, timeout: float = 240, cwd=None, env=None) -> list[Proc]:
+    """Start `cmd` once per rank with torchrun's environment variables; wait for all."""
+    env = env or base_env()
+    port = free_port()
+    procs = []
+    try:
+        for rank in range(world_size):
+            e = dict(env)
+            if world_size > 1:
+                e.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                         LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            procs.append(subprocess.Popen(cmd, cwd=cwd, env=e, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True, start_new_session=True))
+        results = []
+        for p in procs:
+            out, err = p.communicate(timeout=timeout)
+            results.append(Proc(p.returncode, out, err))
+        return results
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def train(args: list[str], world_size: int = 1, **kw) -> list[Proc]:
+    return spawn([sys.executable, "-m", "gan_dist.train", *args], world_size, **kw)
+
+
+def ok(results: list[Proc]) -> list[Proc]:
+    for r in results:
+        assert r.rc == 0, f"exit {r.rc}\nstdout:\n{r.out[-3000:]}\nstderr:\n{r.err[-3000:]}"
+    return results
+
+
+def one_line_error(result: Proc, *needles: str) -> str:
+    """The bad-input contract: exit 2, exactly one line on stderr, no traceback."""
+    assert result.rc == 2, f"exit {result.rc}; stderr:\n{result.err}"
+    assert "Traceback" not in result.err, result.err
+    lines = [ln for ln in result.err.splitlines() if ln.strip() and "warning" not in ln.lower()]
+    assert len(lines) == 1 and lines[0].startswith("gan_dist: error:"), result.err
+    for n in needles:
+        assert n in lines[0], f"{n!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def load_ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def latest_ckpt(run_dir: Path) -> dict:
+    paths = sorted((run_dir / "checkpoints").glob("step_*.pt"))
+    assert paths, f"no checkpoint in {run_dir}"
+    return load_ckpt(paths[-1])
+
+
+def write_fashion_mnist(root: Path, n: int = 64, seed: int = 0) -> Path:
+    """A Fashion-MNIST raw folder in the IDX format torchvision reads (root/FashionMNIST/raw)."""
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    for split, count in (("train", n), ("t10k", n // 4)):
+        images = torch.randint(0, 256, (count, 28, 28), generator=g, dtype=torch.uint8)
+        labels = torch.arange(count, dtype=torch.uint8) % 10
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, count, 28, 28) + images.numpy().tobytes())
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, count) + labels.numpy().tobytes())
+    return root
+
+
+def write_image_folder(root: Path, classes=("G", "NoG"), per_class: int = 6, size=(20, 24)) -> Path:
+    """An ImageFolder tree of small RGB PNGs, one subfolder per class."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8)
+            Image.fromarray(pixels.numpy()).save(root / c / f"{i}.png")
+    return root

@@ -1,0 +1,100 @@
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from gan_dist import config
+from gan_dist.data import BatchStream, ResumableSampler, build_dataset
+from gan_dist.distributed import World
+from gan_dist.errors import UserError
+from helpers import write_fashion_mnist, write_image_folder
+
+
+def test_digits_is_the_real_sklearn_dataset_resized():
+    ds, info = build_dataset(config.load(None, ["data.image_size=16"]))
+    images, labels = ds.tensors
+    assert len(ds) == 1797 and images.shape == (1797, 1, 16, 16)
+    assert (info.num_classes, info.channels, info.image_size) == (10, 1, 16)
+    assert images.min() >= -1 and images.max() <= 1 and images.min() < -0.99 and images.max() > 0.9
+    assert sorted(labels.unique().tolist()) == list(range(10))
+
+
+def test_fashion_mnist_loader_reads_idx_files(tmp_path):
+    write_fashion_mnist(tmp_path, n=32)
+    ds, info = build_dataset(config.load(None, ["data.name=fashion_mnist", f"data.root={tmp_path}",
+                                                "data.image_size=28", "model.kind=mlp", "train.batch_size=8"]))
+    x, y = ds[3]
+    assert len(ds) == 32 and x.shape == (1, 28, 28) and -1 <= x.min() and x.max() <= 1 and y == 3
+    assert info.num_classes == 10
+    resized, _ = build_dataset(config.load(None, ["data.name=fashion_mnist", f"data.root={tmp_path}",
+                                                  "data.image_size=16", "train.batch_size=8"]))
+    assert resized[0][0].shape == (1, 16, 16)
+
+
+def test_fashion_mnist_missing_files_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="data.root"):
+        build_dataset(config.load(None, ["data.name=fashion_mnist", f"data.root={tmp_path}"]))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_image_folder_one_subfolder_per_class(tmp_path, channels):
+    write_image_folder(tmp_path, per_class=3)
+    ds, info = build_dataset(config.load(None, ["data.name=image_folder", f"data.root={tmp_path}",
+                                                "data.image_size=16", f"data.channels={channels}",
+                                                "train.batch_size=4"]))
+    x, y = ds[4]
+    assert len(ds) == 6 and info.num_classes == 2 and x.shape == (channels, 16, 16) and y == 1
+    assert -1 <= x.min() and x.max() <= 1
+
+
+def test_batch_larger_than_dataset_is_a_user_error(tmp_path):
+    write_image_folder(tmp_path, per_class=2)
+    with pytest.raises(UserError, match="train.batch_size"):
+        build_dataset(config.load(None, ["data.name=image_folder", f"data.root={tmp_path}",
+                                         "data.image_size=8", "train.batch_size=64"]))
+
+
+def _shards(n: int, world: int, epoch: int) -> list[list[int]]:
+    ds = TensorDataset(torch.arange(n))
+    out = []
+    for r in range(world):
+        s = ResumableSampler(ds, World(rank=r, world_size=world), seed=0)
+        s.set_epoch(epoch)
+        out.append(list(s))
+    return out
+
+
+def test_sampler_shards_disjoint_cover_and_reshuffle_per_epoch():
+    e0, e1 = _shards(40, 2, 0), _shards(40, 2, 1)
+    assert not set(e0[0]) & set(e0[1])
+    assert sorted(e0[0] + e0[1]) == list(range(40))
+    assert e0 != e1 and sorted(e1[0] + e1[1]) == list(range(40))
+    # rank r holds global positions r, r+W, ... of the 1-rank order (the equivalence principle)
+    (one,) = _shards(40, 1, 0)
+    assert one[0::2] == e0[0] and one[1::2] == e0[1]
+
+
+def _stream(world: World, batch: int = 8, **kw) -> BatchStream:
+    ds = TensorDataset(torch.arange(36), torch.zeros(36, dtype=torch.long))
+    cfg = config.load(None, [f"train.batch_size={batch}"])
+    return BatchStream(ds, cfg, world, **kw)
+
+
+def test_stream_ranks_split_each_global_batch_and_cross_epochs():
+    one = _stream(World())
+    ranks = [_stream(World(rank=r, world_size=2)) for r in range(2)]
+    assert one.per_epoch == 4  # 36 // 8: the remainder is dropped every epoch, for any W
+    for _ in range(10):  # 2.5 epochs
+        g, _ = one.next()
+        parts = [s.next()[0] for s in ranks]
+        interleaved = torch.stack(parts, 1).flatten()
+        assert torch.equal(interleaved, g)
+    assert (one.epoch, one.position) == (2, 2) == (ranks[0].epoch, ranks[0].position)
+
+
+def test_stream_resumes_mid_epoch_exactly():
+    straight = _stream(World())
+    for _ in range(6):
+        straight.next()
+    resumed = _stream(World(), epoch=straight.epoch, position=straight.position)
+    for _ in range(7):
+        assert torch.equal(straight.next()[0], resumed.next()[0])
