@@ -109,7 +109,10 @@ class BatchStream:
         workers = cfg.data.num_workers
         self.loader = DataLoader(dataset, batch_size=self.local_batch, sampler=self.sampler,
                                  drop_last=True, num_workers=workers, persistent_workers=workers > 0,
-                                 pin_memory=world.device.type == "cuda")
+                                 pin_memory=world.device.type == "cuda",
+                                 # its own generator: starting an iterator (resume, new epoch) must
+                                 # not draw from the global RNG that dropout uses
+                                 generator=torch.Generator().manual_seed(cfg.seed))
         self.device = world.device
         self.epoch, self.position = epoch, position
         self._it = None

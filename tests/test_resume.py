@@ -1,0 +1,108 @@
+"""Rank-0 checkpoints and exact resume: 8 steps straight == 4 steps, stop, same command with
+train.steps=8 -- bitwise, for 1 and 2 ranks (resume crosses an epoch boundary here)."""
+import hashlib
+import json
+
+import pytest
+import torch
+
+from helpers import TINY, latest_ckpt, load_ckpt, ok, one_line_error, train
+
+# batch 64: 28 global batches per epoch of the 1,797 digits; 8 steps x 5 critic batches = 40.
+RESUME = TINY + ["train.batch_size=64", "train.checkpoint_every=4"]
+MLP = ["model.kind=mlp", "loss.kind=bce", "loss.n_critic=1", "model.hidden=[32,16]", "model.norm=none",
+       "optim.betas=[0.5,0.999]"]
+
+
+def _assert_tree_equal(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{where} differs (max {(a.float() - b.float()).abs().max()})"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_tree_equal(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_tree_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a} != {b}"
+
+
+@pytest.mark.parametrize("world_size, extra", [(1, []), (2, []), (1, MLP)], ids=["1rank", "2ranks", "mlp-bce-dropout"])
+def test_resume_is_bitwise_exact(tmp_path, world_size, extra):
+    args = RESUME + extra
+    ok(train(args + ["train.steps=8", f"run.dir={tmp_path}/straight"], world_size))
+    ok(train(args + ["train.steps=4", f"run.dir={tmp_path}/resumed"], world_size))
+    second = ok(train(args + ["train.steps=8", f"run.dir={tmp_path}/resumed"], world_size))
+    assert "resuming from" in second[0].out and "step_00000004.pt" in second[0].out
+    a, b = latest_ckpt(tmp_path / "straight"), latest_ckpt(tmp_path / "resumed")
+    assert a["step"] == b["step"] == 8 and (a["epoch"], a["position"]) == (b["epoch"], b["position"])
+    for key in ("generator", "critic", "opt_generator", "opt_critic"):
+        _assert_tree_equal(a[key], b[key], key)
+    # metrics.jsonl continues without duplicated steps, with the same losses
+    rows = [json.loads(ln) for ln in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(ln) for ln in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [r["step"] for r in ref] == [2, 4, 6, 8]
+    assert [r["loss_critic"] for r in rows] == [r["loss_critic"] for r in ref]
+
+
+def test_checkpoint_contents_and_keep_last_k(tmp_path):
+    ok(train(TINY + ["train.steps=8", "train.checkpoint_every=2", "train.keep_checkpoints=2", f"run.dir={tmp_path}"]))
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step_00000006.pt", "step_00000008.pt"]  # no temporary files left either
+    state = load_ckpt(tmp_path / "checkpoints" / names[-1])  # weights_only=True
+    for key in ("generator", "critic", "opt_generator", "opt_critic", "step", "epoch", "position", "config"):
+        assert key in state
+    assert state["config"]["train"]["steps"] == 8 and state["data_info"]["num_classes"] == 10
+    assert (tmp_path / "config.yaml").is_file() and (tmp_path / "samples" / "step_00000008.png").is_file()
+    rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "loss_critic", "loss_gen", "gp", "wasserstein", "images_per_sec"} <= rows[-1].keys()
+
+
+def test_rerun_of_a_finished_run_does_nothing(tmp_path):
+    ok(train(TINY + ["train.steps=4", f"run.dir={tmp_path}"]))
+    before = (tmp_path / "checkpoints" / "step_00000004.pt").read_bytes()
+    out = ok(train(TINY + ["train.steps=4", f"run.dir={tmp_path}"]))[0].out
+    assert "nothing to do" in out and (tmp_path / "checkpoints" / "step_00000004.pt").read_bytes() == before
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path):
+    ok(train(TINY + ["train.steps=8", f"run.dir={tmp_path}"]))
+    latest = tmp_path / "checkpoints" / "step_00000008.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])  # truncated, as by a full disk
+    r = ok(train(TINY + ["train.steps=8", f"run.dir={tmp_path}"]))[0]
+    assert "step_00000008.pt is unreadable" in r.out and "resuming from" in r.out and "step_00000004.pt" in r.out
+    assert load_ckpt(latest)["step"] == 8  # re-trained from step 4 and saved again
+
+
+def test_no_readable_checkpoint_is_an_error_and_keeps_the_files(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "step_00000004.pt").write_bytes(b"not a checkpoint")
+    torch.save({"foo": 1}, ckpts / "step_00000008.pt")
+    digests = {p.name: _digest(p) for p in ckpts.iterdir()}
+    one_line_error(train(TINY + ["train.steps=12", f"run.dir={tmp_path}"])[0], "no readable checkpoint", str(ckpts))
+    assert {p.name: _digest(p) for p in ckpts.iterdir()} == digests
+
+
+def test_incompatible_checkpoint_names_the_key(tmp_path):
+    ok(train(TINY + ["train.steps=4", f"run.dir={tmp_path}"]))
+    path = tmp_path / "checkpoints" / "step_00000004.pt"
+    digest = _digest(path)
+    one_line_error(train(TINY + ["train.steps=8", "model.width=16", f"run.dir={tmp_path}"])[0],
+                   "model.width=8", "model.width=16", str(path))
+    assert _digest(path) == digest and sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_non_finite_loss_stops_every_rank_at_the_same_step(tmp_path):
+    ok(train(TINY + ["train.steps=4", f"run.dir={tmp_path}"], world_size=2))
+    digest = _digest(tmp_path / "checkpoints" / "step_00000004.pt")
+    results = train(TINY + ["train.steps=8", "loss.gp_lambda=.nan", f"run.dir={tmp_path}"], world_size=2)
+    for r in results:
+        one_line_error(r, "not finite at step 5")
+    assert _digest(tmp_path / "checkpoints" / "step_00000004.pt") == digest
+    assert not (tmp_path / "checkpoints" / "step_00000008.pt").exists()
