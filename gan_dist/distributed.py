@@ -49,6 +49,9 @@ def detect() -> World:
     else:
         world = World()
     if torch.cuda.is_available():
+        if world.local_rank >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK {world.local_rank} but only {torch.cuda.device_count()} CUDA "
+                            "device(s) visible: start at most one rank per GPU")
         world.device = torch.device("cuda", world.local_rank)
         world.backend = "nccl"
     else:
