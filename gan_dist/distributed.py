@@ -49,10 +49,14 @@ def detect() -> World:
     else:
         world = World()
     if torch.cuda.is_available():
-        if world.local_rank >= torch.cuda.device_count():
-            raise UserError(f"LOCAL_RANK {world.local_rank} but only {torch.cuda.device_count()} CUDA "
-                            "device(s) visible: start at most one rank per GPU")
-        world.device = torch.device("cuda", world.local_rank)
+        count = torch.cuda.device_count()
+        if count == 1:  # one visible device per task (Slurm/submitit set CUDA_VISIBLE_DEVICES)
+            world.device = torch.device("cuda", 0)
+        elif world.local_rank < count:
+            world.device = torch.device("cuda", world.local_rank)
+        else:
+            raise UserError(f"LOCAL_RANK {world.local_rank} but only {count} CUDA device(s) visible: "
+                            "start at most one rank per GPU")
         world.backend = "nccl"
     else:
         world.backend = "gloo"
@@ -98,13 +102,19 @@ def all_reduce_mean(tensor: torch.Tensor, world: World) -> torch.Tensor:
     return tensor
 
 
-def any_rank(flag: bool, world: World) -> bool:
-    """True on every rank if it is true on any rank (a signal, a time limit, an error)."""
+def max_over_ranks(value: int, world: World) -> int:
+    """The largest of every rank's value, on every rank: how ranks agree on a decision that
+    may differ per rank (a signal arrived). A CPU all-reduce: no device sync under nccl."""
     if not world.distributed:
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=world.cpu_group)
-    return bool(t.item())
+    return int(t.item())
+
+
+def any_rank(flag: bool, world: World) -> bool:
+    """True on every rank if it is true on any rank."""
+    return bool(max_over_ranks(int(flag), world))
 
 
 def parameter_checksum(*modules: torch.nn.Module) -> float:

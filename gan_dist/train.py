@@ -23,7 +23,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run(cfg: config.Config) -> None:
+def run(cfg: config.Config) -> int:
+    """Train; the exit code: 0 finished, 128+signal when a signal stopped it (state saved)."""
     from gan_dist import distributed
     from gan_dist.trainer import Trainer
 
@@ -32,24 +33,35 @@ def run(cfg: config.Config) -> None:
         raise UserError(f"train.batch_size: {cfg.train.batch_size} (the GLOBAL batch) is not divisible "
                         f"by the world size {world.world_size}")
     distributed.setup(world, cfg.train.threads)
+    trainer = None
     try:
-        Trainer(cfg, world).fit()
+        trainer = Trainer(cfg, world)
+        status = trainer.fit()
     except BaseException:
+        if trainer is not None:
+            trainer.close()
         distributed.teardown(clean=False)
         raise
+    trainer.close()
     distributed.teardown()
+    if status == "finished":
+        return 0
+    trainer.preemption.requeue_if_asked(world.is_main)  # under submitit this exits the process
+    return 128 + trainer.preemption.signum
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        run(config.load(args.config, args.overrides))
+        return run(config.load(args.config, args.overrides))
     except UserError as e:
         rank = int(os.environ.get("RANK", "0"))
         where = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 and rank else ""
         print(f"gan_dist: error: {where}{e}", file=sys.stderr, flush=True)
         return 2
-    return 0
+    except KeyboardInterrupt:
+        print("gan_dist: interrupted (a second Ctrl-C does not save)", file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ at a step boundary.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
 from pathlib import Path
 
@@ -18,10 +19,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from gan_dist import checkpoint, sampling
 from gan_dist.config import Config, dump, to_dict
 from gan_dist.data import BatchStream, build_dataset
-from gan_dist.distributed import World, all_reduce_mean, barrier, check_consistency
+from gan_dist.distributed import World, all_reduce_mean, barrier, check_consistency, max_over_ranks
 from gan_dist.errors import UserError
 from gan_dist.losses import build_loss
 from gan_dist.models import build_models
+from gan_dist.preemption import Preemption
 from gan_dist.seeding import mix_seed, seeded_generator
 from gan_dist.tracking import Tracker
 
@@ -59,6 +61,12 @@ class Trainer:
             self.critic_ddp = DDP(self.critic, device_ids=ids)
         else:
             self.generator_ddp, self.critic_ddp = self.generator, self.critic
+
+    def close(self) -> None:
+        """Drop the DDP wrappers before the process group goes: a DDP reducer destroyed
+        after destroy_process_group can abort the process (gloo, seen as exit -6)."""
+        self.generator_ddp, self.critic_ddp = self.generator, self.critic
+        gc.collect()
 
     # ---- resume -------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -125,7 +133,9 @@ class Trainer:
         return torch.cat([critic_stats / self.cfg.loss.n_critic, loss_g.detach().view(1)])
 
     # ---- the loop -----------------------------------------------------------------------
-    def fit(self) -> None:
+    def fit(self) -> str:
+        """Train to train.steps. Returns "finished", or "stopped" after a signal (the stop
+        step is saved; `self.preemption.name` says which signal)."""
         cfg, world = self.cfg, self.world
         if world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -136,49 +146,70 @@ class Trainer:
         self.wandb_run_id = self.tracker.run_id or self.wandb_run_id
         self.sample_z, self.sample_onehot, self.sample_nrow = sampling.fixed_inputs(
             cfg.model.z_dim, self.num_classes, cfg.seed)
-        names = self.loss.stat_names + ("loss_gen",)
+        self.preemption = Preemption().install()
+        try:
+            return self._loop()
+        finally:
+            self.preemption.uninstall()
+            self.tracker.close()
+
+    def _loop(self) -> str:
+        cfg, world = self.cfg, self.world
         if self.step >= cfg.train.steps:
             self.tracker.info(f"nothing to do: {self.run_dir} is at step {self.step} (train.steps={cfg.train.steps})")
-            self.tracker.close()
-            return
+            return "finished"
         self.tracker.info(f"training {cfg.model.kind}/{cfg.loss.kind} on {cfg.data.name}: steps {self.step}->"
                           f"{cfg.train.steps}, global batch {cfg.train.batch_size} on {world.world_size} rank(s), "
                           f"{torch.get_num_threads()} thread(s) each, device {world.device}")
-        acc = torch.zeros(len(names), device=world.device)
-        first_bad = torch.full((1,), float("inf"), device=world.device)
-        window_start, window_steps = time.perf_counter(), 0
+        self._window = torch.zeros(len(self.loss.stat_names) + 1, device=world.device)
+        self._first_bad = torch.full((1,), float("inf"), device=world.device)
+        self._window_start, self._window_steps = time.perf_counter(), 0
         while self.step < cfg.train.steps:
             stats = self.train_step(self.step)
-            # Remember the first step with a non-finite loss without a host sync.
-            first_bad = torch.minimum(first_bad, torch.where(torch.isfinite(stats).all(),
-                                                             float("inf"), float(self.step)))
-            acc += stats
+            # Remember the first step with a non-finite loss, without a host sync.
+            self._first_bad = torch.minimum(self._first_bad, torch.where(
+                torch.isfinite(stats).all(), float("inf"), float(self.step)))
+            self._window += stats
             self.step += 1
-            window_steps += 1
+            self._window_steps += 1
             last = self.step == cfg.train.steps
-            save_now = last or self.step % cfg.train.checkpoint_every == 0
+            # The one per-step collective: a CPU all-reduce of the signal flag, so every rank
+            # stops at the same step even when only some ranks received the signal.
+            self.preemption.agree(max_over_ranks(self.preemption.priority, world))
+            stop = self.preemption.requested and not last
+            save_now = last or stop or self.step % cfg.train.checkpoint_every == 0
             if save_now or self.step % cfg.train.log_every == 0:
-                means = all_reduce_mean(acc / window_steps, world).tolist()
-                if world.distributed:
-                    torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MIN)
-                if torch.isfinite(first_bad).item():  # every rank sees the same value: all stop here
-                    bad = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, means))
-                    raise UserError(f"loss is not finite at step {int(first_bad.item()) + 1} "
-                                    f"(means since the last log: {bad}); stopped, checkpoints kept as they were")
-                elapsed = time.perf_counter() - window_start
-                b = cfg.train.batch_size
-                # Images through the critic: real + fake per critic update, fakes in the generator update.
-                images = window_steps * b * (2 * cfg.loss.n_critic + 1)
-                self.tracker.log(self.step, {**dict(zip(names, means)), "epoch": self.stream.epoch,
-                                             "lr": cfg.optim.lr, "images_per_sec": images / elapsed,
-                                             "step_time": elapsed / window_steps})
-                acc.zero_()
-                window_start, window_steps = time.perf_counter(), 0
+                self._log_window()
             if last or self.step % cfg.train.sample_every == 0:
                 self.save_samples()
             if save_now:
                 self.save_checkpoint()
-        self.tracker.close()
+            if stop:
+                self.tracker.info(f"stopped by {self.preemption.name} at step {self.step} (saved); "
+                                  "the same command resumes from there")
+                return "stopped"
+        return "finished"
+
+    def _log_window(self) -> None:
+        """Average the stats since the last log over steps and ranks (one all-reduce) and log
+        them; stop every rank at once if a loss went non-finite."""
+        cfg, world = self.cfg, self.world
+        names = self.loss.stat_names + ("loss_gen",)
+        means = all_reduce_mean(self._window / self._window_steps, world).tolist()
+        if world.distributed:
+            torch.distributed.all_reduce(self._first_bad, op=torch.distributed.ReduceOp.MIN)
+        if torch.isfinite(self._first_bad).item():  # the same on every rank: all stop here
+            bad = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, means))
+            raise UserError(f"loss is not finite at step {int(self._first_bad.item()) + 1} "
+                            f"(means since the last log: {bad}); stopped, checkpoints kept as they were")
+        elapsed = time.perf_counter() - self._window_start
+        # Images through the critic: real + fake per critic update, the fakes of the generator update.
+        images = self._window_steps * cfg.train.batch_size * (2 * cfg.loss.n_critic + 1)
+        self.tracker.log(self.step, {**dict(zip(names, means)), "epoch": self.stream.epoch,
+                                     "lr": cfg.optim.lr, "images_per_sec": images / elapsed,
+                                     "step_time": elapsed / self._window_steps})
+        self._window.zero_()
+        self._window_start, self._window_steps = time.perf_counter(), 0
 
     def save_samples(self) -> None:
         if not self.world.is_main:

@@ -30,4 +30,5 @@ except RuntimeError:
 (out / f"rank{world.rank}.json").write_text(json.dumps({
     "checksums": checksums, "max_abs_diff": max(float((g - params).abs().max()) for g in gathered),
     "num_params": params.numel(), "drift_detected": detected}))
+trainer.close()
 distributed.teardown()
