@@ -1,7 +1,7 @@
 """`python -m gan_dist.bench [--config FILE] [key=value ...]`: throughput of gan_dist's Trainer
 against a plain hand-written loop, on 1 and 2 ranks. A benchmark to read, not a timed test.
 
-Rows, each in fresh subprocesses of this file with 1 torch thread per process:
+Rows, each in fresh subprocesses of this file (worker mode), 1 torch thread per process:
   plain    the loop a user writes from the book: same models, Adam, batch, n_critic and loss,
            the gradient penalty the straightforward way (3 critic forwards), no DDP
   ws1      Trainer.train_step in 1 process
@@ -33,18 +33,28 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
-from gan_dist import config, distributed
+from gan_dist import config, distributed, trainer
+from gan_dist.data import DataInfo, build_dataset
 from gan_dist.errors import UserError
+from gan_dist.losses import WGANGP
+from gan_dist.models import build_models
 
 RANKS = {"plain": 1, "ws1": 1, "weak2": 2, "strong2": 2, "gp_cost": 1}
 DEFAULT_CLASSES = {"digits": 10, "fashion_mnist": 10, "image_folder": 2}  # glasses: G, NoG
+TARGETS = {"ws1/plain": ">= 0.97", "weak2/ws1": ">= 1.8", "strong2/ws1": "", "gp_cost": "<= 2.2"}
+Step = Callable[[int], object]
 
 
-# ---- data -------------------------------------------------------------------------------
-def synthetic_data(cfg: config.Config, classes: int, size: int):
-    from torch.utils.data import TensorDataset
-    from gan_dist.data import DataInfo
+# ---- data and the rows' steps -----------------------------------------------------------
+def update(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def synthetic_data(cfg: config.Config, classes: int, size: int) -> tuple[TensorDataset, DataInfo]:
     c, s = (cfg.data.channels if cfg.data.name == "image_folder" else 1), cfg.data.image_size
     g = torch.Generator().manual_seed(cfg.seed)
     n = max(size, 2 * cfg.train.batch_size)
@@ -52,39 +62,21 @@ def synthetic_data(cfg: config.Config, classes: int, size: int):
     return TensorDataset(images, torch.randint(classes, (n,), generator=g)), DataInfo(classes, c, s)
 
 
-def missing_data(cfg: config.Config) -> Optional[str]:
-    """Why the config's dataset cannot be read here, or None when it can."""
-    from gan_dist.data import build_dataset
-    if cfg.data.name == "digits":  # ships inside scikit-learn
-        return None
-    try:
-        build_dataset(cfg)
-    except UserError as e:
-        if str(e).startswith("data.root"):
-            return str(e)
-        raise
-    return None
-
-
-def make_trainer(cfg: config.Config, world: distributed.World, data):
-    """A Trainer; on `data` = (dataset, info) when given (synthetic data)."""
-    from gan_dist import trainer
+def make_trainer(cfg: config.Config, world: distributed.World, data) -> trainer.Trainer:
+    """A Trainer, on `data` = (dataset, info) when given (synthetic data)."""
     if data is None:
         return trainer.Trainer(cfg, world)
     if "data" in inspect.signature(trainer.Trainer).parameters:  # Trainer(cfg, world, data=...)
         return trainer.Trainer(cfg, world, data=data)
-    # Until Trainer takes the data as an argument: its build_dataset answers `data`, only while
-    # it is constructed, only in this worker process.
+    # Until Trainer takes its data as an argument: its build_dataset answers `data`, only
+    # while it is constructed, only in this worker process.
     with mock.patch.object(trainer, "build_dataset", lambda _cfg: data):
         return trainer.Trainer(cfg, world)
 
 
-# ---- the rows' steps --------------------------------------------------------------------
-def plain_step(cfg: config.Config, data, device: torch.device) -> Callable[[int], None]:
+def plain_step(cfg: config.Config, data, device: torch.device) -> Step:
     """The loop as written from the book: bare modules, draws straight on the device, three
     critic forwards with WGAN-GP, the critic left trainable in the generator update."""
-    from torch.utils.data import DataLoader
-    from gan_dist.models import build_models
     dataset, info = data
     torch.manual_seed(cfg.seed)
     gen, critic = (m.to(device) for m in build_models(cfg, info))
@@ -92,8 +84,7 @@ def plain_step(cfg: config.Config, data, device: torch.device) -> Callable[[int]
     opt_g, opt_c = torch.optim.Adam(gen.parameters(), **adam), torch.optim.Adam(critic.parameters(), **adam)
     b, k, z_dim, wgan = cfg.train.batch_size, gen.num_classes, cfg.model.z_dim, cfg.loss.kind == "wgan_gp"
     loader = DataLoader(dataset, batch_size=b, shuffle=True, drop_last=True)
-    batches = iter(loader)
-    bce = torch.nn.BCEWithLogitsLoss()
+    batches, bce = iter(loader), torch.nn.BCEWithLogitsLoss()
 
     def onehot(y):
         return F.one_hot(y, k).float() if k else None
@@ -123,22 +114,16 @@ def plain_step(cfg: config.Config, data, device: torch.device) -> Callable[[int]
             else:
                 s_real, s_fake = critic(real, oh), critic(fake, oh)
                 loss = bce(s_real, torch.ones_like(s_real)) + bce(s_fake, torch.zeros_like(s_fake))
-            opt_c.zero_grad()
-            loss.backward()
-            opt_c.step()
+            update(opt_c, loss)
         oh = onehot(torch.randint(max(k, 1), (b,), device=device))
         scores = critic(gen(torch.randn(b, z_dim, device=device), oh), oh)
-        loss_g = -scores.mean() if wgan else bce(scores, torch.ones_like(scores))
-        opt_g.zero_grad()
-        loss_g.backward()
-        opt_g.step()
+        update(opt_g, -scores.mean() if wgan else bce(scores, torch.ones_like(scores)))
     return step
 
 
-def gp_cost_steps(tr) -> tuple[Callable[[int], None], Callable[[int], None]]:
-    """(WGAN-GP critic update with the Trainer's loss strategy, update with -(E[real]-E[fake])
-    from one forward over real+fake), on one fixed batch of the Trainer's critic."""
-    from gan_dist.losses import WGANGP
+def gp_cost_steps(tr: trainer.Trainer) -> tuple[Step, Step]:
+    """(critic update with the Trainer's WGAN-GP strategy, critic update with -(E[real]-E[fake])
+    from one forward over real+fake), on one fixed batch. BCE configs: a WGANGP on their critic."""
     dev, b = tr.world.device, tr.stream.local_batch
     real, y = tr.stream.next()
     oh = F.one_hot(y, tr.num_classes).float() if tr.num_classes else None
@@ -148,25 +133,19 @@ def gp_cost_steps(tr) -> tuple[Callable[[int], None], Callable[[int], None]]:
     strategy = tr.loss if isinstance(tr.loss, WGANGP) else WGANGP(tr.cfg.loss.gp_lambda)
     both, oh2 = torch.cat([real, fake]), None if oh is None else oh.repeat(2, 1)
 
-    def update(loss: torch.Tensor) -> None:
-        tr.opt_c.zero_grad(set_to_none=True)
-        loss.backward()
-        tr.opt_c.step()
-
     def with_gp(_: int) -> None:
-        update(strategy.critic_loss(tr.critic_ddp, real, fake, oh, alpha)[0])
+        update(tr.opt_c, strategy.critic_loss(tr.critic_ddp, real, fake, oh, alpha)[0])
 
     def without_gp(_: int) -> None:
         scores = tr.critic_ddp(both, oh2)
-        update(scores[b:].mean() - scores[:b].mean())
+        update(tr.opt_c, scores[b:].mean() - scores[:b].mean())
     return with_gp, without_gp
 
 
-# ---- timing -----------------------------------------------------------------------------
-def measure(fn: Callable[[int], None], world: distributed.World, warmup: int, steps: int,
-            repeats: int) -> dict:
-    """Warm-up steps (not timed), then `repeats` x `steps` timed steps; the ranks start each
-    repeat together (barrier); on CUDA the device is synchronized before a timer is read."""
+# ---- a worker: one rank of one row --------------------------------------------------------
+def measure(fn: Step, world: distributed.World, warmup: int, steps: int, repeats: int) -> dict:
+    """`warmup` untimed steps, then `repeats` x `steps` timed ones; the ranks start each repeat
+    together (barrier); on CUDA the device is synchronized before a timer is read."""
     def sync():
         if world.device.type == "cuda":
             torch.cuda.synchronize(world.device)
@@ -180,42 +159,37 @@ def measure(fn: Callable[[int], None], world: distributed.World, warmup: int, st
         for _ in range(steps):
             t = time.perf_counter()
             fn(k)
-            k += 1
             sync()
             times.append(time.perf_counter() - t)
+            k += 1
         walls.append(time.perf_counter() - start)
     return {"walls": walls, "times": times}
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One rank of one row: measure, write OUT_DIR/ROW.RANK.json."""
+    """Measure one rank of row args.worker; write OUT_DIR/ROW.RANK.json."""
     torch.set_num_threads(1)
-    for module in ("sklearn.datasets", "gan_dist.trainer"):  # every row's imports, then the baseline RSS
-        importlib.import_module(module)
+    importlib.import_module("sklearn.datasets")  # the digits' import in every row, before the baseline
     rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     cfg = config.load(args.config, args.overrides)  # the parent appended run.dir, batch, threads
     world = distributed.setup(distributed.detect(), threads=1, timeout_s=args.timeout)
     try:
         data = synthetic_data(cfg, args.classes, args.synthetic_size) if args.synthetic else None
-        timing = dict(world=world, warmup=args.warmup, steps=args.steps, repeats=1)
+        timing = dict(world=world, warmup=args.warmup, steps=args.steps, repeats=args.repeats)
         if args.worker == "plain":
-            if data is None:
-                from gan_dist.data import build_dataset
-                data = build_dataset(cfg)
-            result = measure(plain_step(cfg, data, world.device), **{**timing, "repeats": args.repeats})
+            result = measure(plain_step(cfg, data or build_dataset(cfg), world.device), **timing)
         elif args.worker == "gp_cost":
-            with_gp, without_gp = gp_cost_steps(make_trainer(cfg, world, data))
-            result = {"with_gp": {"times": []}, "without_gp": {"times": []}}
+            steps = dict(zip(("with_gp", "without_gp"), gp_cost_steps(make_trainer(cfg, world, data))))
+            result = {name: {"times": []} for name in steps}
             for r in range(args.repeats):  # interleaved, so drifting load hits both alike
-                for name, fn in (("with_gp", with_gp), ("without_gp", without_gp)):
-                    result[name]["times"] += measure(fn, **{**timing, "warmup": args.warmup * (r == 0)})["times"]
+                for name, fn in steps.items():
+                    once = {**timing, "warmup": args.warmup if r == 0 else 0, "repeats": 1}
+                    result[name]["times"] += measure(fn, **once)["times"]
         else:
-            trainer = make_trainer(cfg, world, data)
-            result = measure(trainer.train_step, **{**timing, "repeats": args.repeats})
-        result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        result["rss_imports_mb"] = rss_imports  # the peak before any model or data: torch & co.
-        cuda = world.device.type == "cuda"
-        result["cuda_max_mb"] = torch.cuda.max_memory_allocated(world.device) / 2**20 if cuda else None
+            result = measure(make_trainer(cfg, world, data).train_step, **timing)
+        result.update(rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rss_imports_mb=rss_imports,
+                      cuda_max_mb=torch.cuda.max_memory_allocated(world.device) / 2**20
+                      if world.device.type == "cuda" else None)
         Path(args.out_dir, f"{args.worker}.{world.rank}.json").write_text(json.dumps(result))
     except BaseException:
         distributed.teardown(clean=False)
@@ -223,20 +197,13 @@ def worker(args: argparse.Namespace) -> None:
     distributed.teardown()
 
 
-# ---- the parent -------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_row(row: str, args: argparse.Namespace, batch: int, tmp: str, synthetic: bool,
-            classes: int) -> list[dict]:
+# ---- the parent: rows in subprocesses, summaries, the table -------------------------------
+def run_row(row: str, args: argparse.Namespace, batch: int, tmp: str, synthetic: bool, classes: int) -> list[dict]:
     """Start the row's ranks (this file in worker mode), wait at most --timeout, kill leftovers."""
     n = RANKS[row]
-    cmd = [sys.executable, "-m", "gan_dist.bench", "--worker", row, "--out-dir", tmp,
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--repeats", str(args.repeats),
-           "--timeout", str(args.timeout), "--classes", str(classes), "--synthetic-size", str(args.synthetic_size)]
+    cmd = [sys.executable, "-m", "gan_dist.bench", "--worker", row, "--out-dir", tmp, "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--timeout", str(args.timeout),
+           "--classes", str(classes), "--synthetic-size", str(args.synthetic_size)]
     cmd += (["--synthetic"] if synthetic else []) + (["--config", args.config] if args.config else [])
     cmd += args.overrides + [f"run.dir={tmp}/run_{row}", "train.threads=1",
                              f"train.batch_size={2 * batch if row == 'weak2' else batch}"]
@@ -246,14 +213,16 @@ def run_row(row: str, args: argparse.Namespace, batch: int, tmp: str, synthetic:
         env.pop(key, None)
     if args.cpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
-    port, procs, logs = free_port(), [], [Path(tmp, f"{row}.{r}.log") for r in range(n)]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs, logs = [], [Path(tmp, f"{row}.{r}.log") for r in range(n)]
     try:
         for r in range(n):
-            e = dict(env, RANK=str(r), WORLD_SIZE=str(n), LOCAL_RANK=str(r), LOCAL_WORLD_SIZE=str(n),
-                     MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)) if n > 1 else env
+            e = env if n == 1 else dict(env, RANK=str(r), WORLD_SIZE=str(n), LOCAL_RANK=str(r),
+                                        LOCAL_WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
             with open(logs[r], "w") as log:
-                procs.append(subprocess.Popen(cmd, env=e, stdout=log, stderr=subprocess.STDOUT,
-                                              start_new_session=True))
+                procs.append(subprocess.Popen(cmd, env=e, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         deadline = time.monotonic() + args.timeout
         for r, p in enumerate(procs):
             try:
@@ -273,72 +242,47 @@ def run_row(row: str, args: argparse.Namespace, batch: int, tmp: str, synthetic:
 
 def spread(times: list[float]) -> dict:
     q = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else times * 3
-    ms = lambda v: round(v * 1e3, 3)  # noqa: E731
-    return {"median_ms": ms(statistics.median(times)), "p25_ms": ms(q[0]), "p75_ms": ms(q[2]),
-            "min_ms": ms(min(times)), "max_ms": ms(max(times))}
+    return {key: round(v * 1e3, 3) for key, v in (("median_ms", statistics.median(times)), ("p25_ms", q[0]),
+                                                  ("p75_ms", q[2]), ("min_ms", min(times)), ("max_ms", max(times)))}
 
 
 def summarize(row: str, parts: list[dict], batch: int, n_critic: int) -> dict:
+    memory = {"peak_rss_mb": [p["rss_mb"] for p in parts], "rss_after_imports_mb": [p["rss_imports_mb"] for p in parts],
+              "cuda_max_mb": [p["cuda_max_mb"] for p in parts]}
     if row == "gp_cost":
-        with_gp, without = (statistics.median(parts[0][k]["times"]) for k in ("with_gp", "without_gp"))
-        return {"with_gp": spread(parts[0]["with_gp"]["times"]), "without_gp": spread(parts[0]["without_gp"]["times"]),
-                "ratio": with_gp / without, "peak_rss_mb": [parts[0]["rss_mb"]], "cuda_max_mb": [parts[0]["cuda_max_mb"]]}
+        with_gp, without = (parts[0][k]["times"] for k in ("with_gp", "without_gp"))
+        return {"with_gp": spread(with_gp), "without_gp": spread(without),
+                "ratio": statistics.median(with_gp) / statistics.median(without), **memory}
     n, global_batch = len(parts), 2 * batch if row == "weak2" else batch
-    walls = [max(w) for w in zip(*(p["walls"] for p in parts))]   # the slowest rank sets the pace
+    walls = [max(w) for w in zip(*(p["walls"] for p in parts))]  # the slowest rank sets the pace
     times = [max(t) for t in zip(*(p["times"] for p in parts))]
     per_repeat = [len(times) / len(walls) / w for w in walls]
     steps_per_s = statistics.median(per_repeat)
     return {"ranks": n, "global_batch": global_batch, "per_rank_batch": global_batch // n,
             "gen_steps_per_s": steps_per_s, "images_per_s": steps_per_s * global_batch * (2 * n_critic + 1),
-            "steps_per_s_per_repeat": per_repeat, "step": spread(times),
-            "peak_rss_mb": [p["rss_mb"] for p in parts], "rss_after_imports_mb": [p["rss_imports_mb"] for p in parts],
-            "cuda_max_mb": [p["cuda_max_mb"] for p in parts]}
+            "steps_per_s_per_repeat": per_repeat, "step": spread(times), **memory}
 
 
 def report(res: dict) -> str:
-    rows, lines = res["rows"], []
-    lines.append(f"{'row':8} {'ranks':>5} {'batch g/r':>9} {'gen steps/s':>11} {'images/s':>9} "
-                 f"{'step ms median [p25-p75] (min-max)':>36}  peak RSS MB per rank (+ over imports)")
-    for name, r in rows.items():
+    lines = [f"{'row':8} {'ranks':>5} {'batch g/r':>9} {'gen steps/s':>11} {'images/s':>9} "
+             f"{'step ms median [p25-p75] (min-max)':>36}  peak RSS MB per rank (+ over imports)"]
+    for name, r in res["rows"].items():
         if name == "gp_cost":
             continue
-        s = r["step"]
+        s, batches = r["step"], f"{r['global_batch']}/{r['per_rank_batch']}"
         mem = "/".join(f"{m:.0f} (+{m - i:.0f})" for m, i in zip(r["peak_rss_mb"], r["rss_after_imports_mb"]))
         if r["cuda_max_mb"][0] is not None:
-            mem += " (cuda " + "/".join(f"{m:.0f}" for m in r["cuda_max_mb"]) + ")"
-        lines.append(f"{name:8} {r['ranks']:>5} {str(r['global_batch']) + '/' + str(r['per_rank_batch']):>9} "
-                     f"{r['gen_steps_per_s']:>11.2f} {r['images_per_s']:>9.0f} "
-                     f"{s['median_ms']:>9.1f} [{s['p25_ms']:.1f}-{s['p75_ms']:.1f}] ({s['min_ms']:.1f}-{s['max_ms']:.1f})"
-                     f"  {mem}")
-    if "gp_cost" in rows:
-        g = rows["gp_cost"]
+            mem += " cuda " + "/".join(f"{m:.0f}" for m in r["cuda_max_mb"])
+        lines.append(f"{name:8} {r['ranks']:>5} {batches:>9} {r['gen_steps_per_s']:>11.2f} "
+                     f"{r['images_per_s']:>9.0f} {s['median_ms']:>9.1f} [{s['p25_ms']:.1f}-{s['p75_ms']:.1f}] "
+                     f"({s['min_ms']:.1f}-{s['max_ms']:.1f})  {mem}")
+    if "gp_cost" in res["rows"]:
+        g = res["rows"]["gp_cost"]
         lines.append(f"gp_cost: critic update with WGAN-GP {g['with_gp']['median_ms']:.2f} ms, without the "
                      f"penalty {g['without_gp']['median_ms']:.2f} ms (medians)")
-    targets = {"ws1/plain": ">= 0.97", "weak2/ws1": ">= 1.8", "strong2/ws1": "", "gp_cost": "<= 2.2"}
-    lines += [f"{k:12} {v:6.3f}  {('target ' + targets[k]) if targets[k] else ''}" for k, v in res["ratios"].items()]
-    return "\n".join(lines)
-
-
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m gan_dist.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--config", help="YAML file (configs/*.yaml); defaults: the embedded digits run")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, as gan_dist.train")
-    p.add_argument("--steps", type=int, default=20, help="timed generator steps per repeat")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    p.add_argument("--repeats", type=int, default=3, help="speeds are medians over repeats")
-    p.add_argument("--rows", default="plain,ws1,weak2,strong2,gp_cost", help=f"any of {','.join(RANKS)}")
-    p.add_argument("--json", metavar="OUT.json", help="also write the results here")
-    p.add_argument("--synthetic", action="store_true", help="random data (automatic when the dataset is missing)")
-    p.add_argument("--synthetic-size", type=int, default=1024, help="synthetic images (default 1024)")
-    p.add_argument("--classes", type=int, help="synthetic classes (default: 10; image_folder 2)")
-    p.add_argument("--cpu", action="store_true", help="hide CUDA from the workers")
-    p.add_argument("--timeout", type=float, default=900.0, help="seconds per row before its ranks are killed")
-    p.add_argument("--worker", choices=tuple(RANKS), help=argparse.SUPPRESS)
-    p.add_argument("--out-dir", help=argparse.SUPPRESS)
-    args = p.parse_intermixed_args(argv)
-    if min(args.steps, args.repeats) < 1 or args.warmup < 0:
-        raise UserError("--steps and --repeats must be >= 1, --warmup >= 0")
-    return args
+    lines += [f"{k:12} {v:6.3f}  {'target ' + TARGETS[k] if TARGETS[k] else ''}" for k, v in res["ratios"].items()]
+    before, after = (" ".join(f"{x:.2f}" for x in res[k]) for k in ("loadavg_before", "loadavg_after"))
+    return "\n".join(lines + [f"load average (1/5/15 min): before {before}, after {after}"])
 
 
 def bench(args: argparse.Namespace) -> dict:
@@ -350,15 +294,17 @@ def bench(args: argparse.Namespace) -> dict:
     if "strong2" in rows and batch % 2:
         raise UserError(f"train.batch_size: strong2 splits {batch} over 2 ranks; use an even batch")
     if torch.cuda.is_available() and not args.cpu and torch.cuda.device_count() < 2:
-        skipped = [r for r in rows if RANKS[r] > 1]
+        print("note: one CUDA device: skipping the 2-rank rows (--cpu runs every row on CPU)")
         rows = [r for r in rows if RANKS[r] == 1]
-        print(f"note: one CUDA device: skipping {','.join(skipped) or 'nothing'} (--cpu runs them on gloo)")
     synthetic = args.synthetic
-    if not synthetic:
-        reason = missing_data(cfg)
-        if reason:
+    if not synthetic and cfg.data.name != "digits":  # the digits ship inside scikit-learn
+        try:
+            build_dataset(cfg)
+        except UserError as e:
+            if not str(e).startswith("data.root"):
+                raise
             synthetic = True
-            print(f"note: synthetic data ({reason})")
+            print(f"note: synthetic data ({e})")
     classes = args.classes or DEFAULT_CLASSES[cfg.data.name]
     res = {"argv": sys.argv[1:], "config": config.to_dict(cfg), "synthetic": synthetic,
            "settings": {"steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "torch_threads": 1,
@@ -367,16 +313,37 @@ def bench(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="gan_dist_bench_") as tmp:
         for row in rows:
             print(f"running {row} ...", flush=True)
-            parts = run_row(row, args, batch, tmp, synthetic, classes)
-            res["rows"][row] = summarize(row, parts, batch, cfg.loss.n_critic)
+            res["rows"][row] = summarize(row, run_row(row, args, batch, tmp, synthetic, classes), batch,
+                                         cfg.loss.n_critic)
     res["loadavg_after"] = os.getloadavg()
-    r, ips = res["rows"], {k: v["images_per_s"] for k, v in res["rows"].items() if "images_per_s" in v}
-    res["ratios"] = {name: ips[a] / ips[b] for name, a, b in
-                     (("ws1/plain", "ws1", "plain"), ("weak2/ws1", "weak2", "ws1"), ("strong2/ws1", "strong2", "ws1"))
+    ips = {k: v["images_per_s"] for k, v in res["rows"].items() if "images_per_s" in v}
+    res["ratios"] = {f"{a}/{b}": ips[a] / ips[b] for a, b in (("ws1", "plain"), ("weak2", "ws1"), ("strong2", "ws1"))
                      if a in ips and b in ips}
-    if "gp_cost" in r:
-        res["ratios"]["gp_cost"] = r["gp_cost"]["ratio"]
+    if "gp_cost" in res["rows"]:
+        res["ratios"]["gp_cost"] = res["rows"]["gp_cost"]["ratio"]
     return res
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m gan_dist.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--config", help="YAML file (configs/*.yaml); defaults: the embedded digits run")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, as for gan_dist.train")
+    p.add_argument("--steps", type=int, default=20, help="timed generator steps per repeat (default 20)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    p.add_argument("--repeats", type=int, default=3, help="speeds are medians over the repeats (default 3)")
+    p.add_argument("--rows", default=",".join(RANKS), help=f"any of {','.join(RANKS)} (default: all)")
+    p.add_argument("--json", metavar="OUT.json", help="also write the results here")
+    p.add_argument("--synthetic", action="store_true", help="random data (automatic when the dataset is missing)")
+    p.add_argument("--synthetic-size", type=int, default=1024, help="synthetic images (default 1024)")
+    p.add_argument("--classes", type=int, help="synthetic classes (default 10; image_folder 2)")
+    p.add_argument("--cpu", action="store_true", help="hide CUDA from the workers")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per row before its ranks are killed")
+    p.add_argument("--worker", choices=tuple(RANKS), help=argparse.SUPPRESS)
+    p.add_argument("--out-dir", help=argparse.SUPPRESS)
+    args = p.parse_intermixed_args(argv)
+    if min(args.steps, args.repeats, args.synthetic_size) < 1 or args.warmup < 0 or (args.classes or 1) < 1:
+        raise UserError("--steps, --repeats, --synthetic-size and --classes must be >= 1, --warmup >= 0")
+    return args
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -390,8 +357,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"gan_dist: error: {e}", file=sys.stderr, flush=True)
         return 2
     print(report(res))
-    print("load average (1/5/15 min): before " + " ".join(f"{x:.2f}" for x in res["loadavg_before"])
-          + ", after " + " ".join(f"{x:.2f}" for x in res["loadavg_after"]))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     return 0

@@ -74,8 +74,19 @@ def setup(world: World, threads: Optional[int], timeout_s: float = 600.0) -> Wor
     if world.device.type == "cuda":
         torch.cuda.set_device(world.device)
     if world.distributed:
-        dist.init_process_group(world.backend, rank=world.rank, world_size=world.world_size,
-                                timeout=timedelta(seconds=timeout_s))
+        timeout = timedelta(seconds=timeout_s)
+        store = None
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # torchrun's agent keeps one store across restarts of the worker group; keys of the
+            # killed attempt stay there and a restarted rank can read a dead peer's address
+            # (seen: "Gloo connectFullMesh failed ... Connection refused" after a restart).
+            # A prefix per attempt gives every attempt its own keys.
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                  world.world_size, is_master=False, timeout=timeout)
+            store = dist.PrefixStore(f"gan_dist/attempt_{attempt}", agent)
+        dist.init_process_group(world.backend, store=store, rank=world.rank, world_size=world.world_size,
+                                timeout=timeout)
         world.cpu_group = dist.new_group(backend="gloo") if world.backend == "nccl" else dist.group.WORLD
     return world
 

@@ -2,12 +2,14 @@
 chosen at run time, bounded waits, every spawned process killed on the way out."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,29 +43,73 @@ def base_env(tmp: Path | None = None) -> dict:
     return env
 
 
-def spawn(cmd: list[str], world_size: int = 1, timeout: float = 240, cwd=None, env=None) -> list[Proc]:
-    """Start `cmd` once per rank with torchrun's environment variables; wait for all."""
+def start(cmd: list[str], world_size: int = 1, cwd=None, env=None) -> list[subprocess.Popen]:
+    """Start `cmd` once per rank with torchrun's environment variables (each in its own
+    process group, so a test can signal it alone)."""
     env = env or base_env()
     port = free_port()
     procs = []
+    for rank in range(world_size):
+        e = dict(env)
+        if world_size > 1:
+            e.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                     LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen(cmd, cwd=cwd, env=e, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, start_new_session=True))
+    return procs
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = 240) -> list[Proc]:
+    """Wait for every process (bounded); kill whatever is left, whatever happens."""
     try:
-        for rank in range(world_size):
-            e = dict(env)
-            if world_size > 1:
-                e.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                         LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-            procs.append(subprocess.Popen(cmd, cwd=cwd, env=e, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True, start_new_session=True))
         results = []
         for p in procs:
             out, err = p.communicate(timeout=timeout)
             results.append(Proc(p.returncode, out, err))
         return results
     finally:
-        for p in procs:
-            if p.poll() is None:
+        kill(procs)
+
+
+def kill(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            try:
                 os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+            except ProcessLookupError:
+                pass
+            p.wait()
+
+
+def spawn(cmd: list[str], world_size: int = 1, timeout: float = 240, cwd=None, env=None) -> list[Proc]:
+    procs = start(cmd, world_size, cwd, env)
+    return finish(procs, timeout)
+
+
+def wait_for(predicate, timeout: float, what: str, procs=()) -> None:
+    """Poll (bounded); fail early if one of `procs` already exited."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        for p in procs:
+            if p.poll() is not None:
+                out, err = p.communicate()
+                raise AssertionError(f"process exited ({p.returncode}) before {what}:\n{out[-2000:]}\n{err[-2000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Bitwise-equal generator and critic parameters (and step)."""
+    assert a["step"] == b["step"]
+    for net in ("generator", "critic"):
+        for name, t in a[net].items():
+            assert torch.equal(t, b[net][name]), f"{net}.{name} differs by {(t - b[net][name]).abs().max()}"
 
 
 def train(args: list[str], world_size: int = 1, **kw) -> list[Proc]:

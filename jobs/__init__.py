@@ -1,0 +1,1 @@
+"""Cluster launchers (submitit): `python -m jobs.submit ...`."""

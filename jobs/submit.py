@@ -1,0 +1,151 @@
+"""`python -m jobs.submit --config FILE [key=value ...] --nodes N --gpus-per-node G ...`
+
+Submits gan_dist training with submitit: one task per GPU (or --tasks-per-node on CPU-only
+partitions); every task runs the same loop as `python -m gan_dist.train`, its rank taken
+from submitit's environment. The run directory is fixed (absolute) at submission, so a
+requeued job resumes in place. Preemption / time limit: Slurm sends SIGUSR2
+`--signal-delay-s` before the end; the ranks agree at the next step boundary, rank 0 saves
+that step, submitit requeues, the job resumes. `--local` runs on this machine through
+submitit's local executor (debugging without Slurm). `--sweep key=v1,v2` submits a job
+array, one run directory per value.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+import submitit
+
+from gan_dist import config
+from gan_dist.errors import UserError
+
+
+class TrainingJob(submitit.helpers.Checkpointable):
+    """What each task runs. Checkpointable: on SIGUSR2 submitit calls checkpoint() on global
+    rank 0 and requeues this same job; the training state it resumes from is the checkpoint
+    the ranks wrote together at the stop step (gan_dist.preemption)."""
+
+    def __init__(self, config_file: Optional[str], overrides: list[str]):
+        self.config_file, self.overrides = config_file, list(overrides)
+
+    def argv(self) -> list[str]:
+        return (["--config", self.config_file] if self.config_file else []) + self.overrides
+
+    def __call__(self) -> int:
+        # MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE from Slurm's variables;
+        # CUDA_VISIBLE_DEVICES per task, so each task sees its GPU as cuda:0.
+        submitit.helpers.TorchDistributedEnvironment().export(overwrite=True)
+        from gan_dist.train import main
+
+        code = main(self.argv())
+        if code == 2:
+            raise RuntimeError("gan_dist.train rejected its input (see the error line in the log)")
+        return code
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m jobs.submit", description=__doc__.split("\n\n")[1])
+    p.add_argument("--config", help="YAML config (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="gan_dist.train overrides")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=0, help="one task per GPU")
+    p.add_argument("--tasks-per-node", type=int, help="tasks per node on CPU-only partitions (default: GPUs or 1)")
+    p.add_argument("--cpus-per-task", type=int, default=1)
+    p.add_argument("--partition", help="Slurm partition")
+    p.add_argument("--timeout-min", type=int, default=60)
+    p.add_argument("--account")
+    p.add_argument("--qos")
+    p.add_argument("--constraint")
+    p.add_argument("--mem-gb", type=float)
+    p.add_argument("--signal-delay-s", type=int, default=120, help="SIGUSR2 this long before the time limit")
+    p.add_argument("--max-requeues", type=int, default=3, help="time-outs after which the job is not requeued")
+    p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other sbatch option, e.g. --slurm exclusive=true")
+    p.add_argument("--sweep", metavar="KEY=V1,V2,...", help="a job array: one run per value")
+    p.add_argument("--local", action="store_true", help="submitit's local executor: this machine, no Slurm")
+    p.add_argument("--name", default="gan_dist")
+    return p.parse_args(argv)
+
+
+def _key_values(items: list[str], flag: str) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{flag} {item!r}: expected KEY=VALUE")
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def runs(args: argparse.Namespace) -> list[TrainingJob]:
+    """One job per sweep value; each config validated and its run.dir made absolute here."""
+    variants = [[]]
+    if args.sweep:
+        key, sep, values = args.sweep.partition("=")
+        if not sep or not values:
+            raise UserError(f"--sweep {args.sweep!r}: expected KEY=V1,V2,...")
+        variants = [[f"{key}={v}"] for v in values.split(",")]
+    jobs = []
+    for extra in variants:
+        cfg = config.load(args.config, args.overrides + extra)
+        run_dir = Path(cfg.run.dir)
+        if extra:  # one directory per value, beside each other
+            run_dir = run_dir / extra[0].replace("/", "_")
+        overrides = args.overrides + extra + [f"run.dir={run_dir.resolve()}"]
+        jobs.append(TrainingJob(str(Path(args.config).resolve()) if args.config else None, overrides))
+    return jobs
+
+
+def make_executor(args: argparse.Namespace, folder: Path) -> submitit.AutoExecutor:
+    executor = submitit.AutoExecutor(folder=folder, cluster="local" if args.local else None,
+                                     slurm_max_num_timeout=args.max_requeues)
+    tasks = args.tasks_per_node or max(args.gpus_per_node, 1)
+    params = dict(name=args.name, nodes=args.nodes, tasks_per_node=tasks, cpus_per_task=args.cpus_per_task,
+                  timeout_min=args.timeout_min)
+    if args.gpus_per_node:
+        params["gpus_per_node"] = args.gpus_per_node
+    if args.mem_gb:
+        params["mem_gb"] = args.mem_gb
+    if executor.cluster == "slurm":
+        slurm = dict(slurm_signal_delay_s=args.signal_delay_s,
+                     slurm_additional_parameters=_key_values(args.slurm, "--slurm"))
+        for key in ("partition", "account", "qos", "constraint"):
+            if getattr(args, key):
+                slurm[f"slurm_{key}"] = getattr(args, key)
+        params.update(slurm)
+    executor.update_parameters(**params)
+    return executor
+
+
+def submit(argv: Optional[list[str]] = None) -> list:
+    """Submit and return the submitit jobs (tests and notebooks use this)."""
+    args = parse_args(argv)
+    jobs = runs(args)
+    first_dir = Path(next(o for o in jobs[0].overrides if o.startswith("run.dir=")).split("=", 1)[1])
+    folder = (first_dir.parent if args.sweep else first_dir) / "submitit"
+    executor = make_executor(args, folder)
+    if len(jobs) == 1:
+        submitted = [executor.submit(jobs[0])]
+    else:
+        with executor.batch():
+            submitted = [executor.submit(job) for job in jobs]
+    for job, spec in zip(submitted, jobs):
+        run_dir = next(o for o in spec.overrides if o.startswith("run.dir=")).split("=", 1)[1]
+        print(f"submitted job {job.job_id}: run dir {run_dir}\n  stdout {job.paths.stdout}\n  stderr {job.paths.stderr}",
+              flush=True)
+    return submitted
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        submit(argv)
+    except UserError as e:
+        print(f"jobs.submit: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
