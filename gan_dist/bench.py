@@ -152,10 +152,10 @@ def measure(fn: Step, world: distributed.World, warmup: int, steps: int, repeats
     for i in range(warmup):
         fn(i)
     sync()
-    k, walls, times = warmup, [], []
+    k, walls, times, cpu = warmup, [], [], 0.0
     for _ in range(repeats):
         distributed.barrier(world)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(steps):
             t = time.perf_counter()
             fn(k)
@@ -163,7 +163,10 @@ def measure(fn: Step, world: distributed.World, warmup: int, steps: int, repeats
             times.append(time.perf_counter() - t)
             k += 1
         walls.append(time.perf_counter() - start)
-    return {"walls": walls, "times": times}
+        cpu += time.process_time() - cpu_start
+    # CPU seconds per wall second: ~1 for a rank that had its core; less when other processes
+    # took it (or it waited for a peer). CPU per step: the work, much less sensitive to load.
+    return {"walls": walls, "times": times, "cpu_per_wall": cpu / sum(walls), "cpu_per_step": cpu / len(times)}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -260,22 +263,26 @@ def summarize(row: str, parts: list[dict], batch: int, n_critic: int) -> dict:
     steps_per_s = statistics.median(per_repeat)
     return {"ranks": n, "global_batch": global_batch, "per_rank_batch": global_batch // n,
             "gen_steps_per_s": steps_per_s, "images_per_s": steps_per_s * global_batch * (2 * n_critic + 1),
-            "steps_per_s_per_repeat": per_repeat, "step": spread(times), **memory}
+            "steps_per_s_per_repeat": per_repeat, "step": spread(times),
+            "cpu_per_wall": [round(p["cpu_per_wall"], 3) for p in parts],
+            "cpu_ms_per_step": [round(p["cpu_per_step"] * 1e3, 2) for p in parts], **memory}
 
 
 def report(res: dict) -> str:
     lines = [f"{'row':8} {'ranks':>5} {'batch g/r':>9} {'gen steps/s':>11} {'images/s':>9} "
-             f"{'step ms median [p25-p75] (min-max)':>36}  peak RSS MB per rank (+ over imports)"]
+             f"{'step ms median [p25-p75] (min-max)':>36} {'cpu ms/step (cpu/wall)':>24}  "
+             "peak RSS MB per rank (+ over imports)"]
     for name, r in res["rows"].items():
         if name == "gp_cost":
             continue
         s, batches = r["step"], f"{r['global_batch']}/{r['per_rank_batch']}"
+        util = "/".join(f"{c:.0f} ({u:.2f})" for c, u in zip(r["cpu_ms_per_step"], r["cpu_per_wall"]))
         mem = "/".join(f"{m:.0f} (+{m - i:.0f})" for m, i in zip(r["peak_rss_mb"], r["rss_after_imports_mb"]))
         if r["cuda_max_mb"][0] is not None:
             mem += " cuda " + "/".join(f"{m:.0f}" for m in r["cuda_max_mb"])
         lines.append(f"{name:8} {r['ranks']:>5} {batches:>9} {r['gen_steps_per_s']:>11.2f} "
                      f"{r['images_per_s']:>9.0f} {s['median_ms']:>9.1f} [{s['p25_ms']:.1f}-{s['p75_ms']:.1f}] "
-                     f"({s['min_ms']:.1f}-{s['max_ms']:.1f})  {mem}")
+                     f"({s['min_ms']:.1f}-{s['max_ms']:.1f}) {util:>24}  {mem}")
     if "gp_cost" in res["rows"]:
         g = res["rows"]["gp_cost"]
         lines.append(f"gp_cost: critic update with WGAN-GP {g['with_gp']['median_ms']:.2f} ms, without the "

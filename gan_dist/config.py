@@ -29,7 +29,8 @@ class DataConfig:
     image_size: int = 16
     channels: int = 1             # image_folder only: 1 (grayscale) or 3 (RGB)
     download: bool = False        # fashion_mnist only; off because clusters often have no internet
-    num_workers: int = 0
+    num_workers: int = 0          # DataLoader workers (persistent; pinned memory on CUDA)
+    on_device: bool = False       # keep the whole (small) dataset on the device: no loader at all
 
 
 @dataclass
@@ -50,6 +51,7 @@ class LossConfig:
     gp_lambda: float = 10.0
     n_critic: int = 5
     reuse_batch: bool = False     # the book's loop: one real batch for all n_critic updates
+    gp_every: int = 1             # lazy regularization: the penalty every k critic updates, scaled by k
 
 
 @dataclass
@@ -68,12 +70,30 @@ class TrainConfig:
     sample_every: int = 250
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
+    ema_decay: float = 0.999      # generator EMA (with warm-up); 0 turns it off
+    precision: str = "fp32"       # fp32 | bf16 (autocast; the penalty's norm stays fp32)
+    channels_last: bool = False   # DCGAN convolutions in NHWC (faster on tensor cores)
+    tf32: bool = True             # CUDA: TF32 matmuls and convolutions
+    cudnn_benchmark: bool = True  # CUDA: cuDNN picks the fastest kernels for the fixed shapes
+    compile: bool = False         # torch.compile the generator (and a BCE critic; see README)
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0                # generator steps between quality evaluations; 0: never
+    num_samples: int = 1000       # generated images per evaluation (split across ranks)
+    features: str = "digits"      # digits[:PATH] | inception:PATH | torchscript:PATH
+    use_ema: bool = True          # sample grids and evaluation from the EMA generator
 
 
 @dataclass
 class WandbConfig:
     mode: str = "disabled"        # disabled | offline | online
     project: str = "gan_dist"
+    entity: str = ""
+    name: str = ""
+    group: str = ""
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -85,6 +105,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
@@ -94,6 +115,7 @@ CHOICES = {
     "model.norm": ("batch", "none"),
     "model.critic_norm": ("instance", "none"),
     "loss.kind": ("wgan_gp", "bce"),
+    "train.precision": ("fp32", "bf16"),
     "wandb.mode": ("disabled", "offline", "online"),
 }
 
@@ -172,7 +194,7 @@ def validate(cfg: Config) -> Config:
     for key, allowed in CHOICES.items():
         if get(cfg, key) not in allowed:
             raise UserError(f"{key}: unknown choice {get(cfg, key)!r} (choose from {', '.join(allowed)})")
-    positive = ["data.image_size", "model.z_dim", "model.width", "loss.n_critic", "train.batch_size",
+    positive = ["data.image_size", "model.z_dim", "model.width", "loss.n_critic", "loss.gp_every", "train.batch_size",
                 "train.log_every", "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints"]
     for key in positive:
         if get(cfg, key) <= 0:
@@ -187,6 +209,10 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"optim.eps: must be positive, got {cfg.optim.eps}")
     if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
         raise UserError(f"optim.betas: expected two numbers in [0, 1), got {cfg.optim.betas}")
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise UserError(f"train.ema_decay: expected a number in [0, 1), got {cfg.train.ema_decay}")
+    if cfg.eval.every < 0 or cfg.eval.num_samples <= 0:
+        raise UserError(f"eval.every / eval.num_samples: expected >= 0 / > 0, got {cfg.eval.every} / {cfg.eval.num_samples}")
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise UserError(f"model.dropout: expected a number in [0, 1), got {cfg.model.dropout}")
     if not cfg.model.hidden or any(h <= 0 for h in cfg.model.hidden):

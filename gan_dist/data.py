@@ -98,6 +98,17 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples - self.start
 
 
+def _materialize(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole dataset as two device tensors (data.on_device: digits, Fashion-MNIST fit)."""
+    if isinstance(dataset, TensorDataset):
+        images, labels = dataset.tensors
+    else:
+        items = [dataset[i] for i in range(len(dataset))]
+        images = torch.stack([x for x, _ in items])
+        labels = torch.as_tensor([y for _, y in items], dtype=torch.long)
+    return images.to(device), labels.to(device)
+
+
 class BatchStream:
     """An endless stream of local batches; its position (epoch, batch in epoch) is all a
     checkpoint needs to resume exactly."""
@@ -106,14 +117,15 @@ class BatchStream:
         self.local_batch = cfg.train.batch_size // world.world_size
         self.per_epoch = len(dataset) // cfg.train.batch_size  # global batches per epoch, any W
         self.sampler = ResumableSampler(dataset, world, cfg.seed)
+        self.device = world.device
+        self.on_device = _materialize(dataset, world.device) if cfg.data.on_device else None
         workers = cfg.data.num_workers
-        self.loader = DataLoader(dataset, batch_size=self.local_batch, sampler=self.sampler,
+        self.loader = None if self.on_device else DataLoader(dataset, batch_size=self.local_batch, sampler=self.sampler,
                                  drop_last=True, num_workers=workers, persistent_workers=workers > 0,
                                  pin_memory=world.device.type == "cuda",
                                  # its own generator: starting an iterator (resume, new epoch) must
                                  # not draw from the global RNG that dropout uses
                                  generator=torch.Generator().manual_seed(cfg.seed))
-        self.device = world.device
         self.epoch, self.position = epoch, position
         self._it = None
 
@@ -121,8 +133,15 @@ class BatchStream:
         if self._it is None:
             self.sampler.set_epoch(self.epoch)
             self.sampler.start = self.position * self.local_batch
-            self._it = iter(self.loader)
-        images, labels = next(self._it)
+            if self.on_device:  # the epoch's indices go to the device once; batches are slices
+                self._it = iter(torch.tensor(list(self.sampler), device=self.device).split(self.local_batch))
+            else:
+                self._it = iter(self.loader)
+        if self.on_device:
+            index = next(self._it)
+            images, labels = self.on_device[0][index], self.on_device[1][index]
+        else:
+            images, labels = next(self._it)
         self.position += 1
         if self.position == self.per_epoch:
             self.epoch, self.position, self._it = self.epoch + 1, 0, None

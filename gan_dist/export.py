@@ -25,8 +25,9 @@ from gan_dist.errors import UserError
 from gan_dist.models import build_models
 
 
-def load_generator(source: str | Path) -> tuple[nn.Module, dict]:
-    """(generator in eval mode on CPU, metadata) from a run directory or a checkpoint file."""
+def load_generator(source: str | Path, ema: bool = True) -> tuple[nn.Module, dict]:
+    """(generator in eval mode on CPU, metadata) from a run directory or a checkpoint file;
+    the EMA generator when the checkpoint has one, unless ema=False."""
     source = Path(source)
     if source.is_dir():
         found = checkpoint.load_latest(source)
@@ -38,8 +39,9 @@ def load_generator(source: str | Path) -> tuple[nn.Module, dict]:
     cfg = config.from_dict(state["config"])
     info = DataInfo(**state["data_info"])
     generator, _ = build_models(cfg, info)
-    checkpoint.load_state(generator, state["generator"], "generator", path)
-    meta = {"z_dim": generator.z_dim, "num_classes": generator.num_classes,
+    use_ema = ema and "generator_ema" in state
+    checkpoint.load_state(generator, state["generator_ema" if use_ema else "generator"], "generator", path)
+    meta = {"ema": use_ema, "z_dim": generator.z_dim, "num_classes": generator.num_classes,
             "image_size": generator.image_size, "channels": generator.channels,
             "step": int(state["step"]), "model": cfg.model.kind, "loss": cfg.loss.kind}
     return generator.eval(), meta
@@ -63,8 +65,8 @@ class UnconditionalGenerator(nn.Module):
         return self.generator(z, None)
 
 
-def export(source: str | Path, out: str | Path, pt2: bool = False) -> dict:
-    generator, meta = load_generator(source)
+def export(source: str | Path, out: str | Path, pt2: bool = False, ema: bool = True) -> dict:
+    generator, meta = load_generator(source, ema)
     wrapped = (ConditionalGenerator if meta["num_classes"] else UnconditionalGenerator)(generator).eval()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -90,13 +92,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("source", help="run directory or checkpoint file")
     p.add_argument("--out", required=True, help="TorchScript file to write (FILE.json goes beside it)")
     p.add_argument("--pt2", action="store_true", help="also write a torch.export program FILE.pt2")
+    p.add_argument("--raw", action="store_true", help="the raw generator, not its EMA")
     args = p.parse_args(argv)
     try:
-        result = export(args.source, args.out, args.pt2)
+        result = export(args.source, args.out, args.pt2, ema=not args.raw)
     except UserError as e:
         print(f"gan_dist: error: {e}", file=sys.stderr)
         return 2
-    print(f"exported step {result['step']} generator: {', '.join(result['files'])}")
+    print(f"exported step {result['step']} {'EMA ' if result['ema'] else ''}generator: {', '.join(result['files'])}")
     return 0
 
 

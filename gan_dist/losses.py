@@ -18,8 +18,9 @@ def gradient_penalty(scores: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor
     """mean_i (||d scores_i / d inputs_i||_2 - 1)^2, the gradient flattened PER SAMPLE
     (a norm over dim 1 of an image tensor is a known wrong version). `inputs` must require
     grad; create_graph so the penalty itself can be differentiated w.r.t. the critic."""
-    (grad,) = torch.autograd.grad(scores.sum(), inputs, create_graph=True)
-    return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
+    (grad,) = torch.autograd.grad(scores.float().sum(), inputs, create_graph=True)
+    with torch.autocast(grad.device.type, enabled=False):  # under bf16 autocast: the norm in fp32
+        return ((grad.float().flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
 
 
 def _repeat(onehot: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
@@ -29,24 +30,30 @@ def _repeat(onehot: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
 class WGANGP:
     stat_names = ("loss_critic", "gp", "wasserstein")
 
-    def __init__(self, gp_lambda: float):
-        self.gp_lambda = gp_lambda
+    def __init__(self, gp_lambda: float, gp_every: int = 1):
+        self.gp_lambda, self.gp_every = gp_lambda, gp_every
 
     def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
-                    onehot: Optional[torch.Tensor], alpha: torch.Tensor):
+                    onehot: Optional[torch.Tensor], alpha: torch.Tensor, update: int = 0):
+        """`update` counts critic updates; with gp_every=k the penalty is computed on every k-th
+        only and weighted by k (lazy regularization, as StyleGAN2's R1)."""
+        b = real.shape[0]
+        if update % self.gp_every:
+            scores = critic(torch.cat([real, fake]), _repeat(onehot, 2)).float()
+            wasserstein = scores[:b].mean() - scores[b:].mean()
+            return -wasserstein, torch.stack([-wasserstein, torch.zeros_like(wasserstein), wasserstein]).detach()
         # Interpolates share the real images' labels; one critic forward over all three parts
         # (the critic has no batch-coupled layers, so this equals three forwards, only faster).
-        b = real.shape[0]
         interp = (alpha * real + (1.0 - alpha) * fake).requires_grad_(True)
-        scores = critic(torch.cat([real, fake, interp]), _repeat(onehot, 3))
+        scores = critic(torch.cat([real, fake, interp]), _repeat(onehot, 3)).float()
         s_real, s_fake, s_interp = scores[:b], scores[b:2 * b], scores[2 * b:]
-        gp = gradient_penalty(s_interp, interp)
+        gp = gradient_penalty(s_interp, interp) * self.gp_every  # logged scaled: its mean over k updates is gp
         wasserstein = s_real.mean() - s_fake.mean()
         loss = -wasserstein + self.gp_lambda * gp
         return loss, torch.stack([loss, gp, wasserstein]).detach()
 
     def generator_loss(self, critic: nn.Module, fake: torch.Tensor, onehot: Optional[torch.Tensor]):
-        return -critic(fake, onehot).mean()
+        return -critic(fake, onehot).float().mean()
 
 
 class BCE:
@@ -54,18 +61,18 @@ class BCE:
     stat_names = ("loss_critic", "d_real", "d_fake")
 
     def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
-                    onehot: Optional[torch.Tensor], alpha: torch.Tensor):
+                    onehot: Optional[torch.Tensor], alpha: torch.Tensor, update: int = 0):
         b = real.shape[0]
-        logits = critic(torch.cat([real, fake]), _repeat(onehot, 2))
+        logits = critic(torch.cat([real, fake]), _repeat(onehot, 2)).float()
         target = torch.cat([torch.ones(b, device=real.device), torch.zeros(b, device=real.device)])
         loss = F.binary_cross_entropy_with_logits(logits, target) * 2.0  # sum of the two means
         prob = torch.sigmoid(logits.detach())
         return loss, torch.stack([loss.detach(), prob[:b].mean(), prob[b:].mean()])
 
     def generator_loss(self, critic: nn.Module, fake: torch.Tensor, onehot: Optional[torch.Tensor]):
-        logits = critic(fake, onehot)
+        logits = critic(fake, onehot).float()
         return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
 
 
-def build_loss(kind: str, gp_lambda: float):
-    return WGANGP(gp_lambda) if kind == "wgan_gp" else BCE()
+def build_loss(kind: str, gp_lambda: float, gp_every: int = 1):
+    return WGANGP(gp_lambda, gp_every) if kind == "wgan_gp" else BCE()

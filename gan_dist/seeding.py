@@ -16,5 +16,5 @@ def mix_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def seeded_generator(*parts: object) -> torch.Generator:
-    return torch.Generator().manual_seed(mix_seed(*parts))
+def seeded_generator(*parts: object, device: torch.device | str = "cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(mix_seed(*parts))

@@ -22,15 +22,22 @@ class Tracker:
         self.active = active
         self.run_dir = Path(cfg.run.dir)
         self.total_steps = cfg.train.steps
-        self.wandb_run = None
+        self.wandb_run = self.bar = None
         if not active:
             return
+        if sys.stdout.isatty():  # a terminal gets a progress bar; Slurm logs get plain lines
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=cfg.train.steps, initial=resume_step, unit="step", dynamic_ncols=True,
+                            file=sys.stdout)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._truncate_after(resume_step)
         if cfg.wandb.mode != "disabled":
             try:
                 import wandb
-                self.wandb_run = wandb.init(project=cfg.wandb.project, mode=cfg.wandb.mode,
+                w = cfg.wandb
+                self.wandb_run = wandb.init(project=w.project, entity=w.entity or None, name=w.name or None,
+                                            group=w.group or None, tags=w.tags or None, mode=w.mode,
                                             dir=str(self.run_dir), id=run_id or None, resume="allow",
                                             config=to_dict(cfg))
             except Exception as e:  # no network, bad key...: the run goes on with metrics.jsonl
@@ -49,8 +56,14 @@ class Tracker:
         self.metrics_path.write_text("".join(ln + "\n" for ln in lines))
 
     def info(self, message: str) -> None:
-        if self.active:
+        if self.bar is not None:
+            self.bar.write(message)
+        elif self.active:
             print(message, flush=True)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
 
     def warn(self, message: str) -> None:
         if self.active:
@@ -63,8 +76,10 @@ class Tracker:
                                 for k, v in metrics.items()}}
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
-        shown = " ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if k not in ("epoch", "lr"))
-        print(f"step {step}/{self.total_steps} | {shown}", flush=True)
+        shown = " ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()
+                         if k not in ("epoch", "lr", "step_time") and not k.startswith("grad_norm"))
+        eta = metrics.get("step_time", 0.0) * (self.total_steps - step)
+        self.info(f"step {step}/{self.total_steps} | {shown} | eta {int(eta // 60)}m{int(eta % 60):02d}s")
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
 
@@ -74,5 +89,7 @@ class Tracker:
             self.wandb_run.log({name: wandb.Image(grid_uint8.permute(1, 2, 0).numpy())}, step=step)
 
     def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()

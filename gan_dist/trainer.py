@@ -20,6 +20,7 @@ from gan_dist import checkpoint, sampling
 from gan_dist.config import Config, dump, to_dict
 from gan_dist.data import BatchStream, build_dataset
 from gan_dist.distributed import World, all_reduce_mean, barrier, check_consistency, max_over_ranks
+from gan_dist.ema import EMA
 from gan_dist.errors import UserError
 from gan_dist.losses import build_loss
 from gan_dist.models import build_models
@@ -39,13 +40,22 @@ class Trainer:
         if world.distributed and world.device.type == "cuda" and cfg.model.norm == "batch":
             generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(generator)
         self.generator, self.critic = generator.to(world.device), critic.to(world.device)
+        if cfg.train.channels_last and cfg.model.kind == "dcgan":
+            self.generator.to(memory_format=torch.channels_last)
+            self.critic.to(memory_format=torch.channels_last)
+        if world.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+        self.autocast = dict(device_type=world.device.type, dtype=torch.bfloat16,
+                             enabled=cfg.train.precision == "bf16")
         adam = dict(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), **adam)
         self.opt_c = torch.optim.Adam(self.critic.parameters(), **adam)
-        self.loss = build_loss(cfg.loss.kind, cfg.loss.gp_lambda)
+        self.loss = build_loss(cfg.loss.kind, cfg.loss.gp_lambda, cfg.loss.gp_every)
         self.num_classes = self.generator.num_classes
         self.batches_per_step = 1 if cfg.loss.reuse_batch else cfg.loss.n_critic
 
+        self.ema = EMA(self.generator, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         self.step, self.wandb_run_id = 0, ""
         self._resume()
         self.stream = BatchStream(dataset, cfg, world, epoch=self._epoch, position=self._position)
@@ -61,6 +71,12 @@ class Trainer:
             self.critic_ddp = DDP(self.critic, device_ids=ids)
         else:
             self.generator_ddp, self.critic_ddp = self.generator, self.critic
+        if cfg.train.compile:
+            # The penalty's double backward does not go through torch.compile (README), so a
+            # WGAN-GP critic stays eager; the generator and a BCE critic are compiled.
+            self.generator_ddp = torch.compile(self.generator_ddp)
+            if cfg.loss.kind != "wgan_gp":
+                self.critic_ddp = torch.compile(self.critic_ddp)
 
     def close(self) -> None:
         """Drop the DDP wrappers before the process group goes: a DDP reducer destroyed
@@ -80,6 +96,9 @@ class Trainer:
         checkpoint.load_state(self.critic, state["critic"], "critic", path)
         checkpoint.load_state(self.opt_g, state["opt_generator"], "generator optimizer", path)
         checkpoint.load_state(self.opt_c, state["opt_critic"], "critic optimizer", path)
+        if self.ema is not None:  # a checkpoint from a run without EMA starts it from the weights
+            checkpoint.load_state(self.ema.module, state.get("generator_ema", state["generator"]),
+                                  "generator EMA", path)
         self.step, self._epoch, self._position = int(state["step"]), int(state["epoch"]), int(state["position"])
         self.wandb_run_id = str(state.get("wandb_run_id", ""))
         if self.world.is_main:
@@ -92,14 +111,16 @@ class Trainer:
     # ---- one step -----------------------------------------------------------------------
     def _draw(self, step: int, phase: str):
         """Noise, labels and GP weights for the GLOBAL batch; this rank keeps rows r, r+W, ..."""
-        g = seeded_generator(self.cfg.seed, step, phase)
-        b = self.cfg.train.batch_size
-        z = torch.randn(b, self.cfg.model.z_dim, generator=g)
-        labels = torch.randint(max(self.num_classes, 1), (b,), generator=g)
-        alpha = torch.rand(b, 1, 1, 1, generator=g)
-        rows = slice(self.world.rank, b, self.world.world_size)
+        # Drawn on the device itself (no host-to-device copy, no sync); the same numbers on
+        # every rank of one device type.
         dev = self.world.device
-        return z[rows].to(dev), labels[rows].to(dev), alpha[rows].to(dev)
+        g = seeded_generator(self.cfg.seed, step, phase, device=dev)
+        b = self.cfg.train.batch_size
+        z = torch.randn(b, self.cfg.model.z_dim, generator=g, device=dev)
+        labels = torch.randint(max(self.num_classes, 1), (b,), generator=g, device=dev)
+        alpha = torch.rand(b, 1, 1, 1, generator=g, device=dev)
+        rows = slice(self.world.rank, b, self.world.world_size)
+        return z[rows], labels[rows], alpha[rows]
 
     def _onehot(self, labels: torch.Tensor):
         return F.one_hot(labels, self.num_classes).float() if self.num_classes else None
@@ -114,9 +135,11 @@ class Trainer:
                 real, labels = self.stream.next()
                 onehot = self._onehot(labels)
             z, _, alpha = self._draw(step, f"critic{i}")
-            with torch.no_grad():  # fakes for the critic: no generator graph, no generator all-reduce
-                fake = self.generator(z, onehot)
-            loss, stats = self.loss.critic_loss(self.critic_ddp, real, fake, onehot, alpha)
+            with torch.no_grad(), torch.autocast(**self.autocast):  # no generator graph, no all-reduce
+                fake = self.generator(z, onehot).float()
+            with torch.autocast(**self.autocast):
+                loss, stats = self.loss.critic_loss(self.critic_ddp, real, fake, onehot, alpha,
+                                                    update=step * self.cfg.loss.n_critic + i)
             self.opt_c.zero_grad(set_to_none=True)
             loss.backward()  # ONE backward of the summed terms: one all-reduce of the critic
             self.opt_c.step()
@@ -125,10 +148,13 @@ class Trainer:
         z, labels, _ = self._draw(step, "generator")
         onehot = self._onehot(labels)
         self.critic.requires_grad_(False)  # bare critic: no critic all-reduce in this phase
-        loss_g = self.loss.generator_loss(self.critic, self.generator_ddp(z, onehot), onehot)
+        with torch.autocast(**self.autocast):
+            loss_g = self.loss.generator_loss(self.critic, self.generator_ddp(z, onehot), onehot)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
+        if self.ema is not None:
+            self.ema.update(self.generator, step)
         self.critic.requires_grad_(True)
         return torch.cat([critic_stats / self.cfg.loss.n_critic, loss_g.detach().view(1)])
 
@@ -171,6 +197,7 @@ class Trainer:
                 torch.isfinite(stats).all(), float("inf"), float(self.step)))
             self._window += stats
             self.step += 1
+            self.tracker.advance()
             self._window_steps += 1
             last = self.step == cfg.train.steps
             # The one per-step collective: a CPU all-reduce of the signal flag, so every rank
@@ -205,16 +232,30 @@ class Trainer:
         elapsed = time.perf_counter() - self._window_start
         # Images through the critic: real + fake per critic update, the fakes of the generator update.
         images = self._window_steps * cfg.train.batch_size * (2 * cfg.loss.n_critic + 1)
-        self.tracker.log(self.step, {**dict(zip(names, means)), "epoch": self.stream.epoch,
+        self.tracker.log(self.step, {**dict(zip(names, means)), **self._grad_norms(), "epoch": self.stream.epoch,
                                      "lr": cfg.optim.lr, "images_per_sec": images / elapsed,
                                      "step_time": elapsed / self._window_steps})
         self._window.zero_()
         self._window_start, self._window_steps = time.perf_counter(), 0
 
+    def _grad_norms(self) -> dict:
+        """Norms of the last update's gradients (already all-reduced: the same on every rank)."""
+        out = {}
+        for name, module in (("grad_norm_critic", self.critic), ("grad_norm_generator", self.generator)):
+            grads = [p.grad for p in module.parameters() if p.grad is not None]
+            out[name] = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item() \
+                if grads else 0.0
+        return out
+
+    @property
+    def sampler(self) -> torch.nn.Module:
+        """The generator for grids and evaluation: the EMA one unless eval.use_ema=false."""
+        return self.ema.module if self.ema is not None and self.cfg.eval.use_ema else self.generator
+
     def save_samples(self) -> None:
         if not self.world.is_main:
             return
-        images = sampling.generate(self.generator, self.sample_z, self.sample_onehot)
+        images = sampling.generate(self.sampler, self.sample_z, self.sample_onehot)
         path = self.run_dir / "samples" / f"step_{self.step:08d}.png"
         sampling.save_grid(images, path, self.sample_nrow)
         self.tracker.log_image(self.step, "samples", sampling.to_uint8_grid(images, self.sample_nrow))
@@ -224,7 +265,8 @@ class Trainer:
                 "opt_generator": self.opt_g.state_dict(), "opt_critic": self.opt_c.state_dict(),
                 "step": self.step, "epoch": self.stream.epoch, "position": self.stream.position,
                 "config": to_dict(self.cfg), "data_info": dataclasses.asdict(self.info),
-                "wandb_run_id": self.wandb_run_id}
+                "wandb_run_id": self.wandb_run_id,
+                **({"generator_ema": self.ema.module.state_dict()} if self.ema is not None else {})}
 
     def save_checkpoint(self) -> None:
         check_consistency(self.world, self.generator, self.critic)

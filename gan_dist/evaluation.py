@@ -1,0 +1,226 @@
+"""Sample quality: Frechet distance in a feature network's space (FID with Inception v3) and
+conditional accuracy (the share of generated samples a classifier puts in the class asked for).
+
+Feature networks by spec (the config value eval.features):
+  inception:PATH    torchvision's Inception v3, 2048-d pool features, weights from PATH
+                    (the IMAGENET1K_V1 state_dict; nothing is downloaded)
+  torchscript:PATH  a TorchScript module: images [B, C, H, W] in [-1, 1] -> features [B, D];
+                    if it also has a `features` method, forward's output is taken as logits
+  digits[:PATH]     the project's digits classifier (python -m gan_dist.digits_classifier),
+                    default PATH runs/digits_classifier_{image_size}.pt
+
+evaluate() follows the equivalence principle: the global noise/label set depends on the seed
+only, rank r generates rows r, r+W, ..., and the gathered features are in global order, so W
+ranks compute what one process computes, and every rank returns the same numbers.
+"""
+from __future__ import annotations
+
+import pickle
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from gan_dist.distributed import World
+from gan_dist.errors import UserError
+from gan_dist.seeding import seeded_generator
+
+Images = torch.Tensor
+
+
+def feature_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean [D], unbiased covariance [D, D]) in float64, as numpy.cov(rowvar=False)."""
+    if features.dim() != 2 or features.shape[0] < 2:
+        raise UserError(f"feature statistics need at least 2 feature rows, got shape {tuple(features.shape)}")
+    x = features.detach().to("cpu", torch.float64)
+    mu = x.mean(0)
+    xc = x - mu
+    return mu, xc.T @ xc / (x.shape[0] - 1)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).
+
+    Tr((S1 S2)^(1/2)) equals the sum of square roots of the eigenvalues of the SYMMETRIC PSD
+    matrix sqrt(S1) S2 sqrt(S1) (same spectrum as S1 S2). eigvalsh of that is stable where
+    sqrtm(S1 @ S2) of a non-symmetric product goes complex or inaccurate (rank-deficient
+    covariances: fewer samples than feature dimensions)."""
+    mu1, mu2, s1, s2 = (torch.as_tensor(t).to("cpu", torch.float64) for t in (mu1, mu2, sigma1, sigma2))
+    if s1.shape != s2.shape or mu1.shape != mu2.shape or s1.shape != (mu1.numel(), mu1.numel()):
+        raise UserError(f"frechet_distance: shapes do not match ({tuple(mu1.shape)}, {tuple(s1.shape)}, "
+                        f"{tuple(mu2.shape)}, {tuple(s2.shape)})")
+    s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
+    w, v = torch.linalg.eigh(s1)
+    root1 = (v * w.clamp(min=0).sqrt()) @ v.T
+    m = root1 @ s2 @ root1
+    tr_covmean = torch.linalg.eigvalsh((m + m.T) / 2).clamp(min=0).sqrt().sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + torch.trace(s1) + torch.trace(s2) - 2 * tr_covmean)
+
+
+def conditional_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of samples whose argmax class is the label they were generated for."""
+    return (logits.argmax(1).cpu() == labels.cpu()).double().mean().item()
+
+
+@dataclass
+class FeatureNet:
+    """features(images in [-1, 1]) -> [B, D]; logits(images) -> [B, K], or None if it has none."""
+    name: str
+    features: Callable[[Images], torch.Tensor]
+    logits: Optional[Callable[[Images], torch.Tensor]] = None
+
+
+def _jit_load(path: Path, device: torch.device):
+    with warnings.catch_warnings():  # torch.jit is deprecated in torch 2.14 but works
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        try:
+            return torch.jit.load(str(path), map_location=device).eval()
+        except (RuntimeError, ValueError) as e:
+            raise UserError(f"{path}: not a TorchScript module ({str(e).splitlines()[0]})") from None
+
+
+def _torchscript(path: Path, device: torch.device, name: str) -> FeatureNet:
+    if not path.is_file():
+        raise UserError(f"eval.features: TorchScript feature network {path} not found")
+    module = _jit_load(path, device)
+    if hasattr(module, "features"):
+        return FeatureNet(name, module.features, module.forward)
+    return FeatureNet(name, module.forward)
+
+
+def _digits(path: Optional[str], device: torch.device, image_size: int) -> FeatureNet:
+    p = Path(path) if path else Path("runs") / f"digits_classifier_{image_size}.pt"
+    if not p.is_file():
+        raise UserError(f"eval.features: digits classifier {p} not found; create it with "
+                        f"`python -m gan_dist.digits_classifier --out {p} --image-size {image_size}`")
+    module = _jit_load(p, device)
+    trained_at = int(module.image_size)
+
+    def check(images: Images) -> Images:  # resizing would silently change what is measured
+        if tuple(images.shape[1:]) != (1, trained_at, trained_at):
+            raise UserError(f"eval.features: digits classifier {p} takes [B, 1, {trained_at}, {trained_at}] "
+                            f"images, got {list(images.shape)}; train one for this size with "
+                            f"`python -m gan_dist.digits_classifier --image-size {images.shape[-1]} --out ...`")
+        return images
+
+    return FeatureNet(f"digits:{p}", lambda x: module.features(check(x)), lambda x: module(check(x)))
+
+
+def _inception(path: str, device: torch.device) -> FeatureNet:
+    from torchvision.models import inception_v3
+
+    p = Path(path)
+    if not path or not p.is_file():
+        raise UserError("eval.features: the standard FID needs the Inception v3 weights file (torchvision's "
+                        "IMAGENET1K_V1 state_dict, inception_v3_google-0cc3c7bd.pth) as inception:PATH; "
+                        + (f"not found: {p}" if path else "no PATH given"))
+    # transform_input=False: torchvision's pretrained pipeline feeds ImageNet-normalized images
+    # and transform_input maps them back to (x01 - 0.5) / 0.5 before the first conv, i.e. to
+    # [-1, 1]. Our images are already in [-1, 1], so they go in as they are (same numbers,
+    # tested against transform_input=True with ImageNet normalization).
+    net = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
+    try:
+        net.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as e:
+        raise UserError(f"eval.features: {p} is not an Inception v3 state_dict ({str(e).splitlines()[0]})") from None
+    net.fc = torch.nn.Identity()  # 2048-d pool features, as FID uses
+    net = net.to(device).eval()
+
+    def features(images: Images) -> torch.Tensor:
+        x = images.float().clamp(-1, 1)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        return net(x)
+
+    return FeatureNet(f"inception:{p}", features)
+
+
+def load_feature_network(spec: str, device, image_size: int = 16) -> FeatureNet:
+    """A FeatureNet from a spec (module docstring); image_size picks the default digits file."""
+    device = torch.device(device)
+    kind, _, path = spec.partition(":")
+    if kind == "inception":
+        return _inception(path, device)
+    if kind == "torchscript" and path:
+        return _torchscript(Path(path), device, spec)
+    if kind == "digits":
+        return _digits(path or None, device, image_size)
+    raise UserError(f"eval.features: unknown feature network {spec!r} "
+                    "(expected inception:PATH, torchscript:PATH, digits or digits:PATH)")
+
+
+def _gather_rows(local: torch.Tensor, total: int, world: World) -> torch.Tensor:
+    """Rows r, r+W, ... held by rank r -> all `total` rows in global order, on every rank.
+    Shares differ by at most one row: pad to equal size for all_gather, drop the padding."""
+    if not world.distributed:
+        return local
+    share = -(-total // world.world_size)
+    padded = torch.zeros((share, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    padded[:len(local)] = local
+    parts = [torch.empty_like(padded) for _ in range(world.world_size)]
+    # device tensors over the default group (nccl on GPU), CPU tensors over the gloo group
+    dist.all_gather(parts, padded, group=None if local.is_cuda else world.cpu_group)
+    return torch.stack(parts, 1).flatten(0, 1)[:total]  # row l*W + r = parts[r][l]
+
+
+@torch.no_grad()
+def _batched(fn: Callable[[Images], torch.Tensor], images: Images, batch: int, device) -> torch.Tensor:
+    return torch.cat([fn(images[i:i + batch].to(device).float()).float() for i in range(0, len(images), batch)])
+
+
+def real_statistics(feature_net: FeatureNet, real_images: Images, world: World, device,
+                    batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mu, sigma) of the real images' features, the work split over ranks. Compute once per
+    run and pass as evaluate(real_stats=...): the real set does not change."""
+    if len(real_images) < max(2, world.world_size):
+        raise UserError(f"evaluation: {len(real_images)} real images are too few for {world.world_size} rank(s)")
+    local = real_images[world.rank::world.world_size]
+    feats = _gather_rows(_batched(feature_net.features, local, batch, device), len(real_images), world)
+    return feature_stats(feats)
+
+
+@torch.no_grad()
+def evaluate(generator: torch.nn.Module, feature_net: FeatureNet, real_images: Optional[Images],
+             num_samples: int, num_classes: int, z_dim: int, seed: int, world: World, device,
+             batch: int = 256, real_stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> dict:
+    """{"fid": float, "cond_acc": float or None} for num_samples generated images, the same on
+    every rank. `generator` is the bare module (not DDP): generator(z, onehot or None)."""
+    if num_samples < max(2, world.world_size):
+        raise UserError(f"eval.num_samples: {num_samples} must be at least 2 and at least the world size")
+    if real_stats is None:
+        if real_images is None:
+            raise UserError("evaluate: give real_images or real_stats")
+        real_stats = real_statistics(feature_net, real_images, world, device, batch)
+    g = seeded_generator(seed, "eval")
+    z = torch.randn(num_samples, z_dim, generator=g)
+    labels = torch.randint(max(num_classes, 1), (num_samples,), generator=g)
+    rows = slice(world.rank, num_samples, world.world_size)
+    z, labels = z[rows], labels[rows]
+    onehot = F.one_hot(labels, num_classes).float() if num_classes else None
+    was_training = generator.training
+    generator.eval()  # BatchNorm running statistics: a sample must not depend on its batch
+    try:
+        feats, correct = [], torch.zeros(1, dtype=torch.float64)
+        for i in range(0, len(z), batch):
+            images = generator(z[i:i + batch].to(device),
+                               None if onehot is None else onehot[i:i + batch].to(device)).float()
+            feats.append(feature_net.features(images).float())
+            if num_classes and feature_net.logits is not None:
+                pred = feature_net.logits(images).argmax(1).cpu()
+                correct += (pred == labels[i:i + batch]).sum()
+    finally:
+        generator.train(was_training)
+    fake_stats = feature_stats(_gather_rows(torch.cat(feats), num_samples, world))
+    fid = frechet_distance(*fake_stats, *real_stats)
+    cond_acc = None
+    if num_classes and feature_net.logits is not None:
+        if world.distributed:
+            dist.all_reduce(correct, group=world.cpu_group)
+        cond_acc = float(correct.item()) / num_samples
+    return {"fid": fid, "cond_acc": cond_acc}

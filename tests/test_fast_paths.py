@@ -1,0 +1,82 @@
+"""Every speed switch is a config switch with a correctness check on CPU where the path exists
+here (TF32 and cudnn.benchmark are CUDA-only and only set flags)."""
+import torch
+
+from gan_dist import config
+from gan_dist.data import DataInfo
+from gan_dist.losses import WGANGP, gradient_penalty
+from gan_dist.models import build_models
+from helpers import TINY, assert_same_state, latest_ckpt, metrics_rows, ok, train
+
+
+def _critic_grads(channels_last: bool, bf16: bool = False):
+    torch.manual_seed(0)
+    cfg = config.load(None, ["data.image_size=16", "model.width=8"])
+    _, critic = build_models(cfg, DataInfo(10, 1, 16))
+    g = torch.Generator().manual_seed(1)
+    real, fake = torch.rand(6, 1, 16, 16, generator=g) * 2 - 1, torch.rand(6, 1, 16, 16, generator=g) * 2 - 1
+    onehot, alpha = torch.eye(10)[:6], torch.rand(6, 1, 1, 1, generator=g)
+    if channels_last:
+        critic.to(memory_format=torch.channels_last)
+        real, fake = real.contiguous(memory_format=torch.channels_last), fake.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss, stats = WGANGP(10.0).critic_loss(critic, real, fake, onehot, alpha)
+    loss.backward()
+    return stats, [p.grad.clone() for p in critic.parameters()]
+
+
+def test_channels_last_critic_step_matches_nchw():
+    (s1, g1), (s2, g2) = _critic_grads(False), _critic_grads(True)
+    assert torch.allclose(s1, s2, rtol=1e-4, atol=1e-5)
+    for a, b in zip(g1, g2):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_bf16_gradient_penalty_is_stable_and_close_to_fp32():
+    (s32, g32), (s16, g16) = _critic_grads(False), _critic_grads(False, bf16=True)
+    assert torch.isfinite(s16).all() and all(torch.isfinite(g).all() for g in g16)
+    assert torch.allclose(s16, s32, rtol=5e-2, atol=5e-2), (s16, s32)  # bf16 has 8 mantissa bits
+    x = torch.randn(4, 3, 8, 8, requires_grad=True)
+    w = torch.randn(3, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gp = gradient_penalty((x * w).flatten(1).sum(1), x)
+    assert gp.dtype == torch.float32 and torch.allclose(gp, (w.norm() - 1) ** 2, rtol=1e-2)
+
+
+def test_lazy_regularization_every_k_scaled_by_k():
+    torch.manual_seed(0)
+    _, critic = build_models(config.load(None, ["data.image_size=8", "model.width=4"]), DataInfo(10, 1, 8))
+    real, fake, onehot, alpha = torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8), torch.eye(10)[:4], torch.rand(4, 1, 1, 1)
+    full = WGANGP(10.0, gp_every=1).critic_loss(critic, real, fake, onehot, alpha)[1]
+    lazy_on = WGANGP(10.0, gp_every=3).critic_loss(critic, real, fake, onehot, alpha, update=6)[1]
+    lazy_off = WGANGP(10.0, gp_every=3).critic_loss(critic, real, fake, onehot, alpha, update=7)
+    assert torch.allclose(lazy_on[1], 3 * full[1]) and torch.allclose(lazy_on[2], full[2])
+    assert lazy_off[1][1] == 0 and torch.allclose(lazy_off[0], -full[2])
+
+
+def test_dataset_on_device_and_loader_workers_give_bitwise_the_same_run(tmp_path):
+    args = TINY + ["train.steps=4"]
+    ok(train(args + [f"run.dir={tmp_path}/loader"]))
+    ok(train(args + ["data.on_device=true", f"run.dir={tmp_path}/on_device"]))
+    ok(train(args + ["data.num_workers=2", f"run.dir={tmp_path}/workers"]))
+    ref = latest_ckpt(tmp_path / "loader")
+    assert_same_state(ref, latest_ckpt(tmp_path / "on_device"))
+    assert_same_state(ref, latest_ckpt(tmp_path / "workers"))
+
+
+def test_bf16_channels_last_lazy_gp_run_trains_on_two_ranks(tmp_path):
+    ok(train(TINY + ["train.steps=4", "train.precision=bf16", "train.channels_last=true", "loss.gp_every=4",
+                     f"run.dir={tmp_path}"], world_size=2))
+    rows = metrics_rows(tmp_path)
+    assert rows and all(torch.isfinite(torch.tensor([r["loss_critic"], r["gp"], r["loss_gen"]])).all() for r in rows)
+    assert latest_ckpt(tmp_path)["step"] == 4
+
+
+def test_compile_trains_the_generator_compiled(tmp_path):
+    args = TINY + ["train.steps=2", "optim.eps=1e-6"]
+    ok(train(args + ["train.compile=true", f"run.dir={tmp_path}/compiled"], timeout=400))
+    ok(train(args + [f"run.dir={tmp_path}/eager"]))
+    a, b = latest_ckpt(tmp_path / "compiled"), latest_ckpt(tmp_path / "eager")
+    for net in ("generator", "critic"):
+        for k, v in a[net].items():
+            assert torch.allclose(v, b[net][k], atol=1e-4), (net, k)
