@@ -37,7 +37,7 @@ def test_resume_is_bitwise_exact(tmp_path, world_size, extra):
     assert "resuming from" in second[0].out and "step_00000004.pt" in second[0].out
     a, b = latest_ckpt(tmp_path / "straight"), latest_ckpt(tmp_path / "resumed")
     assert a["step"] == b["step"] == 8 and (a["epoch"], a["position"]) == (b["epoch"], b["position"])
-    for key in ("generator", "critic", "opt_generator", "opt_critic"):
+    for key in ("generator", "critic", "opt_generator", "opt_critic", "generator_ema"):
         _assert_tree_equal(a[key], b[key], key)
     # metrics.jsonl continues without duplicated steps, with the same losses
     rows = [json.loads(ln) for ln in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
