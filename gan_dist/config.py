@@ -213,6 +213,8 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"train.ema_decay: expected a number in [0, 1), got {cfg.train.ema_decay}")
     if cfg.eval.every < 0 or cfg.eval.num_samples <= 0:
         raise UserError(f"eval.every / eval.num_samples: expected >= 0 / > 0, got {cfg.eval.every} / {cfg.eval.num_samples}")
+    if cfg.eval.features.split(":", 1)[0] not in ("digits", "inception", "torchscript"):
+        raise UserError(f"eval.features: unknown {cfg.eval.features!r} (digits[:PATH] | inception:PATH | torchscript:PATH)")
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise UserError(f"model.dropout: expected a number in [0, 1), got {cfg.model.dropout}")
     if not cfg.model.hidden or any(h <= 0 for h in cfg.model.hidden):

@@ -98,7 +98,7 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples - self.start
 
 
-def _materialize(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def materialize(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole dataset as two device tensors (data.on_device: digits, Fashion-MNIST fit)."""
     if isinstance(dataset, TensorDataset):
         images, labels = dataset.tensors
@@ -118,7 +118,7 @@ class BatchStream:
         self.per_epoch = len(dataset) // cfg.train.batch_size  # global batches per epoch, any W
         self.sampler = ResumableSampler(dataset, world, cfg.seed)
         self.device = world.device
-        self.on_device = _materialize(dataset, world.device) if cfg.data.on_device else None
+        self.on_device = materialize(dataset, world.device) if cfg.data.on_device else None
         workers = cfg.data.num_workers
         self.loader = None if self.on_device else DataLoader(dataset, batch_size=self.local_batch, sampler=self.sampler,
                                  drop_last=True, num_workers=workers, persistent_workers=workers > 0,

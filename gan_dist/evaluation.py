@@ -3,7 +3,8 @@ conditional accuracy (the share of generated samples a classifier puts in the cl
 
 Feature networks by spec (the config value eval.features):
   inception:PATH    torchvision's Inception v3, 2048-d pool features, weights from PATH
-                    (the IMAGENET1K_V1 state_dict; nothing is downloaded)
+                    (the IMAGENET1K_V1 state_dict; nothing is downloaded). Comparable between
+                    runs here, not to published FIDs (those use the TF Inception port)
   torchscript:PATH  a TorchScript module: images [B, C, H, W] in [-1, 1] -> features [B, D];
                     if it also has a `features` method, forward's output is taken as logits
   digits[:PATH]     the project's digits classifier (python -m gan_dist.digits_classifier),
@@ -28,8 +29,6 @@ import torch.nn.functional as F
 from gan_dist.distributed import World
 from gan_dist.errors import UserError
 from gan_dist.seeding import seeded_generator
-
-Images = torch.Tensor
 
 
 def feature_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,42 +70,40 @@ def conditional_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 class FeatureNet:
     """features(images in [-1, 1]) -> [B, D]; logits(images) -> [B, K], or None if it has none."""
     name: str
-    features: Callable[[Images], torch.Tensor]
-    logits: Optional[Callable[[Images], torch.Tensor]] = None
+    features: Callable[[torch.Tensor], torch.Tensor]
+    logits: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
 
-def _jit_load(path: Path, device: torch.device):
+def _jit_load(path: Path, device: torch.device, missing: str):
+    if not path.is_file():
+        raise UserError(f"eval.features: {missing}")
     with warnings.catch_warnings():  # torch.jit is deprecated in torch 2.14 but works
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
         try:
             return torch.jit.load(str(path), map_location=device).eval()
         except (RuntimeError, ValueError) as e:
-            raise UserError(f"{path}: not a TorchScript module ({str(e).splitlines()[0]})") from None
+            raise UserError(f"eval.features: {path} is not TorchScript ({str(e).splitlines()[0]})") from None
 
 
-def _torchscript(path: Path, device: torch.device, name: str) -> FeatureNet:
-    if not path.is_file():
-        raise UserError(f"eval.features: TorchScript feature network {path} not found")
-    module = _jit_load(path, device)
-    if hasattr(module, "features"):
-        return FeatureNet(name, module.features, module.forward)
-    return FeatureNet(name, module.forward)
+def _torchscript(path: Path, device: torch.device) -> FeatureNet:
+    module = _jit_load(path, device, f"TorchScript feature network {path} not found")
+    if hasattr(module, "features"):  # a classifier: features() for FID, forward for logits
+        return FeatureNet(f"torchscript:{path}", module.features, module.forward)
+    return FeatureNet(f"torchscript:{path}", module.forward)
 
 
 def _digits(path: Optional[str], device: torch.device, image_size: int) -> FeatureNet:
     p = Path(path) if path else Path("runs") / f"digits_classifier_{image_size}.pt"
-    if not p.is_file():
-        raise UserError(f"eval.features: digits classifier {p} not found; create it with "
-                        f"`python -m gan_dist.digits_classifier --out {p} --image-size {image_size}`")
-    module = _jit_load(p, device)
-    trained_at = int(module.image_size)
+    module = _jit_load(p, device, f"digits classifier {p} not found; create it with "
+                       f"`python -m gan_dist.digits_classifier --out {p} --image-size {image_size}`")
+    size = int(module.image_size)
 
-    def check(images: Images) -> Images:  # resizing would silently change what is measured
-        if tuple(images.shape[1:]) != (1, trained_at, trained_at):
-            raise UserError(f"eval.features: digits classifier {p} takes [B, 1, {trained_at}, {trained_at}] "
-                            f"images, got {list(images.shape)}; train one for this size with "
-                            f"`python -m gan_dist.digits_classifier --image-size {images.shape[-1]} --out ...`")
-        return images
+    def check(x: torch.Tensor) -> torch.Tensor:  # resizing would silently change what is measured
+        if tuple(x.shape[1:]) != (1, size, size):
+            raise UserError(f"eval.features: digits classifier {p} takes [B, 1, {size}, {size}] images, got "
+                            f"{list(x.shape)}; train one for this size with "
+                            f"`python -m gan_dist.digits_classifier --image-size {x.shape[-1]} --out ...`")
+        return x
 
     return FeatureNet(f"digits:{p}", lambda x: module.features(check(x)), lambda x: module(check(x)))
 
@@ -131,12 +128,9 @@ def _inception(path: str, device: torch.device) -> FeatureNet:
     net.fc = torch.nn.Identity()  # 2048-d pool features, as FID uses
     net = net.to(device).eval()
 
-    def features(images: Images) -> torch.Tensor:
-        x = images.float().clamp(-1, 1)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        return net(x)
+    def features(images: torch.Tensor) -> torch.Tensor:
+        x = images.float().clamp(-1, 1).expand(-1, 3, -1, -1)  # grayscale -> 3 channels (RGB: no-op)
+        return net(F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False))
 
     return FeatureNet(f"inception:{p}", features)
 
@@ -148,7 +142,7 @@ def load_feature_network(spec: str, device, image_size: int = 16) -> FeatureNet:
     if kind == "inception":
         return _inception(path, device)
     if kind == "torchscript" and path:
-        return _torchscript(Path(path), device, spec)
+        return _torchscript(Path(path), device)
     if kind == "digits":
         return _digits(path or None, device, image_size)
     raise UserError(f"eval.features: unknown feature network {spec!r} "
@@ -170,11 +164,11 @@ def _gather_rows(local: torch.Tensor, total: int, world: World) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _batched(fn: Callable[[Images], torch.Tensor], images: Images, batch: int, device) -> torch.Tensor:
+def _batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch: int, device) -> torch.Tensor:
     return torch.cat([fn(images[i:i + batch].to(device).float()).float() for i in range(0, len(images), batch)])
 
 
-def real_statistics(feature_net: FeatureNet, real_images: Images, world: World, device,
+def real_statistics(feature_net: FeatureNet, real_images: torch.Tensor, world: World, device,
                     batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """(mu, sigma) of the real images' features, the work split over ranks. Compute once per
     run and pass as evaluate(real_stats=...): the real set does not change."""
@@ -186,7 +180,7 @@ def real_statistics(feature_net: FeatureNet, real_images: Images, world: World, 
 
 
 @torch.no_grad()
-def evaluate(generator: torch.nn.Module, feature_net: FeatureNet, real_images: Optional[Images],
+def evaluate(generator: torch.nn.Module, feature_net: FeatureNet, real_images: Optional[torch.Tensor],
              num_samples: int, num_classes: int, z_dim: int, seed: int, world: World, device,
              batch: int = 256, real_stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> dict:
     """{"fid": float, "cond_acc": float or None} for num_samples generated images, the same on
@@ -203,24 +197,20 @@ def evaluate(generator: torch.nn.Module, feature_net: FeatureNet, real_images: O
     rows = slice(world.rank, num_samples, world.world_size)
     z, labels = z[rows], labels[rows]
     onehot = F.one_hot(labels, num_classes).float() if num_classes else None
+    scored = bool(num_classes) and feature_net.logits is not None
+    feats, correct = [], torch.zeros(1, dtype=torch.float64)
     was_training = generator.training
     generator.eval()  # BatchNorm running statistics: a sample must not depend on its batch
     try:
-        feats, correct = [], torch.zeros(1, dtype=torch.float64)
         for i in range(0, len(z), batch):
             images = generator(z[i:i + batch].to(device),
                                None if onehot is None else onehot[i:i + batch].to(device)).float()
             feats.append(feature_net.features(images).float())
-            if num_classes and feature_net.logits is not None:
-                pred = feature_net.logits(images).argmax(1).cpu()
-                correct += (pred == labels[i:i + batch]).sum()
+            if scored:
+                correct += (feature_net.logits(images).argmax(1).cpu() == labels[i:i + batch]).sum()
     finally:
         generator.train(was_training)
-    fake_stats = feature_stats(_gather_rows(torch.cat(feats), num_samples, world))
-    fid = frechet_distance(*fake_stats, *real_stats)
-    cond_acc = None
-    if num_classes and feature_net.logits is not None:
-        if world.distributed:
-            dist.all_reduce(correct, group=world.cpu_group)
-        cond_acc = float(correct.item()) / num_samples
-    return {"fid": fid, "cond_acc": cond_acc}
+    fid = frechet_distance(*feature_stats(_gather_rows(torch.cat(feats), num_samples, world)), *real_stats)
+    if scored and world.distributed:
+        dist.all_reduce(correct, group=world.cpu_group)  # counts, not shares: exact for any split
+    return {"fid": fid, "cond_acc": float(correct.item()) / num_samples if scored else None}

@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import Subset
 
-from gan_dist import checkpoint, sampling
+from gan_dist import checkpoint, evaluation, sampling
 from gan_dist.config import Config, dump, to_dict
-from gan_dist.data import BatchStream, build_dataset
+from gan_dist.data import BatchStream, build_dataset, materialize
 from gan_dist.distributed import World, all_reduce_mean, barrier, check_consistency, max_over_ranks
 from gan_dist.ema import EMA
 from gan_dist.errors import UserError
@@ -56,6 +57,12 @@ class Trainer:
         self.batches_per_step = 1 if cfg.loss.reuse_batch else cfg.loss.n_critic
 
         self.ema = EMA(self.generator, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+        self.feature_net = self.real_stats = None
+        if cfg.eval.every:  # load (and fail) before training; real statistics once per run
+            self.feature_net = evaluation.load_feature_network(cfg.eval.features, world.device,
+                                                               image_size=self.info.image_size)
+            real = materialize(Subset(dataset, range(min(len(dataset), 10_000))), torch.device("cpu"))[0]
+            self.real_stats = evaluation.real_statistics(self.feature_net, real, world, world.device)
         self.step, self.wandb_run_id = 0, ""
         self._resume()
         self.stream = BatchStream(dataset, cfg, world, epoch=self._epoch, position=self._position)
@@ -209,6 +216,8 @@ class Trainer:
                 self._log_window()
             if last or self.step % cfg.train.sample_every == 0:
                 self.save_samples()
+            if cfg.eval.every and (last or self.step % cfg.eval.every == 0):
+                self.evaluate()
             if save_now:
                 self.save_checkpoint()
             if stop:
@@ -259,6 +268,15 @@ class Trainer:
         path = self.run_dir / "samples" / f"step_{self.step:08d}.png"
         sampling.save_grid(images, path, self.sample_nrow)
         self.tracker.log_image(self.step, "samples", sampling.to_uint8_grid(images, self.sample_nrow))
+
+    def evaluate(self) -> dict:
+        """Quality of the sampler (EMA by default): every rank generates its share."""
+        cfg = self.cfg
+        result = evaluation.evaluate(self.sampler, self.feature_net, None, cfg.eval.num_samples, self.num_classes,
+                                     cfg.model.z_dim, cfg.seed, self.world, self.world.device,
+                                     real_stats=self.real_stats)
+        self.tracker.log(self.step, {k: v for k, v in result.items() if v is not None})
+        return result
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.state_dict(), "critic": self.critic.state_dict(),
