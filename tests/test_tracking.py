@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from helpers import TINY, base_env, latest_ckpt, metrics_rows, ok, train
+from helpers import TINY, base_env, latest_ckpt, metrics_rows, ok, spawn, train
 
 WANDB = str(Path(sys.executable).with_name("wandb"))
 LOGGED = {"loss_critic", "loss_gen", "gp", "wasserstein", "grad_norm_critic", "grad_norm_generator",
@@ -71,3 +71,14 @@ def test_plain_lines_with_eta_when_stdout_is_not_a_terminal(tmp_path):
     lines = [ln for ln in r0.out.splitlines() if ln.startswith("step ")]
     assert len(lines) == 2 and all("eta" in ln and "loss_critic" in ln for ln in lines)
     assert r1.out == ""  # other ranks print nothing but errors
+
+
+def test_quality_is_evaluated_during_a_two_rank_run(tmp_path):
+    cls = tmp_path / "digits8.pt"
+    ok(spawn([sys.executable, "-m", "gan_dist.digits_classifier", "--out", str(cls), "--image-size", "8",
+              "--epochs", "3"]))
+    ok(train(TINY + ["train.steps=4", "eval.every=2", "eval.num_samples=64", f"eval.features=digits:{cls}",
+                     f"run.dir={tmp_path}/run"], world_size=2))
+    quality = [r for r in metrics_rows(tmp_path / "run") if "fid" in r]
+    assert [r["step"] for r in quality] == [2, 4]
+    assert all(r["fid"] > 0 and 0 <= r["cond_acc"] <= 1 for r in quality)
