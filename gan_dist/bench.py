@@ -3,12 +3,15 @@ against a plain hand-written loop, on 1 and 2 ranks. A benchmark to read, not a 
 
 Rows, each in fresh subprocesses of this file (worker mode), 1 torch thread per process:
   plain    the loop a user writes from the book: same models, Adam, batch, n_critic and loss,
-           the gradient penalty the straightforward way (3 critic forwards), no DDP
+           the gradient penalty the straightforward way (3 critic forwards), no DDP; fp32, no
+           EMA (train.precision / channels_last / compile / ema_decay are the Trainer's)
   ws1      Trainer.train_step in 1 process
   weak2    2 ranks (gloo on CPU), the same per-rank batch as ws1: global batch doubled
   strong2  2 ranks, the same global batch as ws1
   gp_cost  one WGAN-GP critic update (the Trainer's loss strategy) vs one without the penalty
 Images/s = images through the critic: global batch * (2 * n_critic + 1) per generator step.
+Beside wall time, CPU time per step: on a loaded machine (CPU/wall well below 1) the "cpu"
+ratios, from the work per step, are the ones to read.
 Where the config's dataset is missing (or with --synthetic), random images in [-1, 1] with
 labels, of the same shape and classes, stand in.
 """
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import json
 import os
 import resource
@@ -29,7 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -64,14 +65,7 @@ def synthetic_data(cfg: config.Config, classes: int, size: int) -> tuple[TensorD
 
 def make_trainer(cfg: config.Config, world: distributed.World, data) -> trainer.Trainer:
     """A Trainer, on `data` = (dataset, info) when given (synthetic data)."""
-    if data is None:
-        return trainer.Trainer(cfg, world)
-    if "data" in inspect.signature(trainer.Trainer).parameters:  # Trainer(cfg, world, data=...)
-        return trainer.Trainer(cfg, world, data=data)
-    # Until Trainer takes its data as an argument: its build_dataset answers `data`, only
-    # while it is constructed, only in this worker process.
-    with mock.patch.object(trainer, "build_dataset", lambda _cfg: data):
-        return trainer.Trainer(cfg, world)
+    return trainer.Trainer(cfg, world, data=data)
 
 
 def plain_step(cfg: config.Config, data, device: torch.device) -> Step:
@@ -123,7 +117,8 @@ def plain_step(cfg: config.Config, data, device: torch.device) -> Step:
 
 def gp_cost_steps(tr: trainer.Trainer) -> tuple[Step, Step]:
     """(critic update with the Trainer's WGAN-GP strategy, critic update with -(E[real]-E[fake])
-    from one forward over real+fake), on one fixed batch. BCE configs: a WGANGP on their critic."""
+    from one forward over real+fake), on one fixed batch, under the Trainer's autocast. BCE
+    configs: a WGANGP on their critic."""
     dev, b = tr.world.device, tr.stream.local_batch
     real, y = tr.stream.next()
     oh = F.one_hot(y, tr.num_classes).float() if tr.num_classes else None
@@ -134,10 +129,13 @@ def gp_cost_steps(tr: trainer.Trainer) -> tuple[Step, Step]:
     both, oh2 = torch.cat([real, fake]), None if oh is None else oh.repeat(2, 1)
 
     def with_gp(_: int) -> None:
-        update(tr.opt_c, strategy.critic_loss(tr.critic_ddp, real, fake, oh, alpha)[0])
+        with torch.autocast(**tr.autocast):
+            loss = strategy.critic_loss(tr.critic_ddp, real, fake, oh, alpha)[0]  # update=0: with the penalty
+        update(tr.opt_c, loss)
 
     def without_gp(_: int) -> None:
-        scores = tr.critic_ddp(both, oh2)
+        with torch.autocast(**tr.autocast):
+            scores = tr.critic_ddp(both, oh2).float()
         update(tr.opt_c, scores[b:].mean() - scores[:b].mean())
     return with_gp, without_gp
 
@@ -152,21 +150,21 @@ def measure(fn: Step, world: distributed.World, warmup: int, steps: int, repeats
     for i in range(warmup):
         fn(i)
     sync()
-    k, walls, times, cpu = warmup, [], [], 0.0
+    # CPU time (this process, all its threads) beside wall time: a 1-thread rank's CPU time per
+    # step is its work, little changed by other processes; CPU/wall below 1 says they took its core.
+    k, walls, times, cpu_times = warmup, [], [], []
     for _ in range(repeats):
         distributed.barrier(world)
-        start, cpu_start = time.perf_counter(), time.process_time()
+        start = time.perf_counter()
         for _ in range(steps):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             fn(k)
             sync()
             times.append(time.perf_counter() - t)
+            cpu_times.append(time.process_time() - c)
             k += 1
         walls.append(time.perf_counter() - start)
-        cpu += time.process_time() - cpu_start
-    # CPU seconds per wall second: ~1 for a rank that had its core; less when other processes
-    # took it (or it waited for a peer). CPU per step: the work, much less sensitive to load.
-    return {"walls": walls, "times": times, "cpu_per_wall": cpu / sum(walls), "cpu_per_step": cpu / len(times)}
+    return {"walls": walls, "times": times, "cpu_times": cpu_times}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -176,28 +174,33 @@ def worker(args: argparse.Namespace) -> None:
     rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     cfg = config.load(args.config, args.overrides)  # the parent appended run.dir, batch, threads
     world = distributed.setup(distributed.detect(), threads=1, timeout_s=args.timeout)
+    tr, finished = None, False
     try:
         data = synthetic_data(cfg, args.classes, args.synthetic_size) if args.synthetic else None
         timing = dict(world=world, warmup=args.warmup, steps=args.steps, repeats=args.repeats)
         if args.worker == "plain":
             result = measure(plain_step(cfg, data or build_dataset(cfg), world.device), **timing)
         elif args.worker == "gp_cost":
-            steps = dict(zip(("with_gp", "without_gp"), gp_cost_steps(make_trainer(cfg, world, data))))
-            result = {name: {"times": []} for name in steps}
+            tr = make_trainer(cfg, world, data)
+            steps = dict(zip(("with_gp", "without_gp"), gp_cost_steps(tr)))
+            result = {name: {"times": [], "cpu_times": []} for name in steps}
             for r in range(args.repeats):  # interleaved, so drifting load hits both alike
                 for name, fn in steps.items():
-                    once = {**timing, "warmup": args.warmup if r == 0 else 0, "repeats": 1}
-                    result[name]["times"] += measure(fn, **once)["times"]
+                    once = measure(fn, **{**timing, "warmup": args.warmup if r == 0 else 0, "repeats": 1})
+                    for key in ("times", "cpu_times"):
+                        result[name][key] += once[key]
         else:
-            result = measure(make_trainer(cfg, world, data).train_step, **timing)
+            tr = make_trainer(cfg, world, data)
+            result = measure(tr.train_step, **timing)
         result.update(rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rss_imports_mb=rss_imports,
                       cuda_max_mb=torch.cuda.max_memory_allocated(world.device) / 2**20
                       if world.device.type == "cuda" else None)
         Path(args.out_dir, f"{args.worker}.{world.rank}.json").write_text(json.dumps(result))
-    except BaseException:
-        distributed.teardown(clean=False)
-        raise
-    distributed.teardown()
+        finished = True
+    finally:
+        if tr is not None:
+            tr.close()  # the DDP wrappers go before the process group
+        distributed.teardown(clean=finished)
 
 
 # ---- the parent: rows in subprocesses, summaries, the table -------------------------------
@@ -253,9 +256,10 @@ def summarize(row: str, parts: list[dict], batch: int, n_critic: int) -> dict:
     memory = {"peak_rss_mb": [p["rss_mb"] for p in parts], "rss_after_imports_mb": [p["rss_imports_mb"] for p in parts],
               "cuda_max_mb": [p["cuda_max_mb"] for p in parts]}
     if row == "gp_cost":
-        with_gp, without = (parts[0][k]["times"] for k in ("with_gp", "without_gp"))
-        return {"with_gp": spread(with_gp), "without_gp": spread(without),
-                "ratio": statistics.median(with_gp) / statistics.median(without), **memory}
+        (with_gp, without), m = (parts[0][k] for k in ("with_gp", "without_gp")), statistics.median
+        return {"with_gp": spread(with_gp["times"]), "without_gp": spread(without["times"]),
+                "ratio": m(with_gp["times"]) / m(without["times"]),
+                "ratio_cpu": m(with_gp["cpu_times"]) / m(without["cpu_times"]), **memory}
     n, global_batch = len(parts), 2 * batch if row == "weak2" else batch
     walls = [max(w) for w in zip(*(p["walls"] for p in parts))]  # the slowest rank sets the pace
     times = [max(t) for t in zip(*(p["times"] for p in parts))]
@@ -264,8 +268,8 @@ def summarize(row: str, parts: list[dict], batch: int, n_critic: int) -> dict:
     return {"ranks": n, "global_batch": global_batch, "per_rank_batch": global_batch // n,
             "gen_steps_per_s": steps_per_s, "images_per_s": steps_per_s * global_batch * (2 * n_critic + 1),
             "steps_per_s_per_repeat": per_repeat, "step": spread(times),
-            "cpu_per_wall": [round(p["cpu_per_wall"], 3) for p in parts],
-            "cpu_ms_per_step": [round(p["cpu_per_step"] * 1e3, 2) for p in parts], **memory}
+            "cpu_ms_per_step": [statistics.median(p["cpu_times"]) * 1e3 for p in parts],
+            "cpu_per_wall": [sum(p["cpu_times"]) / sum(p["walls"]) for p in parts], **memory}
 
 
 def report(res: dict) -> str:
@@ -287,7 +291,10 @@ def report(res: dict) -> str:
         g = res["rows"]["gp_cost"]
         lines.append(f"gp_cost: critic update with WGAN-GP {g['with_gp']['median_ms']:.2f} ms, without the "
                      f"penalty {g['without_gp']['median_ms']:.2f} ms (medians)")
-    lines += [f"{k:12} {v:6.3f}  {'target ' + TARGETS[k] if TARGETS[k] else ''}" for k, v in res["ratios"].items()]
+    lines.append(f"{'ratio':12} {'wall':>6} {'cpu':>6}  (cpu: from CPU time per step, as if each rank had its "
+                 "own core; CPU runs only)")
+    lines += [f"{k:12} {v:6.3f} {res['ratios_cpu'][k]:6.3f}  {'target ' + TARGETS[k] if TARGETS[k] else ''}"
+              for k, v in res["ratios"].items()]
     before, after = (" ".join(f"{x:.2f}" for x in res[k]) for k in ("loadavg_before", "loadavg_after"))
     return "\n".join(lines + [f"load average (1/5/15 min): before {before}, after {after}"])
 
@@ -323,11 +330,15 @@ def bench(args: argparse.Namespace) -> dict:
             res["rows"][row] = summarize(row, run_row(row, args, batch, tmp, synthetic, classes), batch,
                                          cfg.loss.n_critic)
     res["loadavg_after"] = os.getloadavg()
-    ips = {k: v["images_per_s"] for k, v in res["rows"].items() if "images_per_s" in v}
-    res["ratios"] = {f"{a}/{b}": ips[a] / ips[b] for a, b in (("ws1", "plain"), ("weak2", "ws1"), ("strong2", "ws1"))
-                     if a in ips and b in ips}
+    rows = {k: v for k, v in res["rows"].items() if k != "gp_cost"}
+    pairs = [(a, b) for a, b in (("ws1", "plain"), ("weak2", "ws1"), ("strong2", "ws1")) if a in rows and b in rows]
+    res["ratios"] = {f"{a}/{b}": rows[a]["images_per_s"] / rows[b]["images_per_s"] for a, b in pairs}
+    # the same ratios from CPU time: images per CPU-second of the slowest rank
+    cpu_ips = {k: r["global_batch"] / max(r["cpu_ms_per_step"]) for k, r in rows.items()}
+    res["ratios_cpu"] = {f"{a}/{b}": cpu_ips[a] / cpu_ips[b] for a, b in pairs}
     if "gp_cost" in res["rows"]:
         res["ratios"]["gp_cost"] = res["rows"]["gp_cost"]["ratio"]
+        res["ratios_cpu"]["gp_cost"] = res["rows"]["gp_cost"]["ratio_cpu"]
     return res
 
 

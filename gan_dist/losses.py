@@ -42,12 +42,14 @@ class WGANGP:
             scores = critic(torch.cat([real, fake]), _repeat(onehot, 2)).float()
             wasserstein = scores[:b].mean() - scores[b:].mean()
             return -wasserstein, torch.stack([-wasserstein, torch.zeros_like(wasserstein), wasserstein]).detach()
-        # Interpolates share the real images' labels; one critic forward over all three parts
-        # (the critic has no batch-coupled layers, so this equals three forwards, only faster).
+        # Interpolates share the real images' labels. Two critic forwards: real+fake together,
+        # the interpolates alone, so the penalty's gradient and double backward run over b
+        # images; one forward over all three parts makes both traverse the real and fake rows
+        # too (at zero gradient): measured 1.7x slower per critic update. Still ONE backward.
         interp = (alpha * real + (1.0 - alpha) * fake).requires_grad_(True)
-        scores = critic(torch.cat([real, fake, interp]), _repeat(onehot, 3)).float()
-        s_real, s_fake, s_interp = scores[:b], scores[b:2 * b], scores[2 * b:]
-        gp = gradient_penalty(s_interp, interp) * self.gp_every  # logged scaled: its mean over k updates is gp
+        scores = critic(torch.cat([real, fake]), _repeat(onehot, 2)).float()
+        s_real, s_fake = scores[:b], scores[b:]
+        gp = gradient_penalty(critic(interp, onehot), interp) * self.gp_every  # logged scaled: mean over k updates = gp
         wasserstein = s_real.mean() - s_fake.mean()
         loss = -wasserstein + self.gp_lambda * gp
         return loss, torch.stack([loss, gp, wasserstein]).detach()

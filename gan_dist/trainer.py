@@ -11,15 +11,16 @@ import dataclasses
 import gc
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, Subset
 
 from gan_dist import checkpoint, evaluation, sampling
 from gan_dist.config import Config, dump, to_dict
-from gan_dist.data import BatchStream, build_dataset, materialize
+from gan_dist.data import BatchStream, DataInfo, build_dataset, materialize
 from gan_dist.distributed import World, all_reduce_mean, barrier, check_consistency, max_over_ranks
 from gan_dist.ema import EMA
 from gan_dist.errors import UserError
@@ -31,10 +32,11 @@ from gan_dist.tracking import Tracker
 
 
 class Trainer:
-    def __init__(self, cfg: Config, world: World):
+    def __init__(self, cfg: Config, world: World, data: Optional[tuple[Dataset, DataInfo]] = None):
         self.cfg, self.world = cfg, world
         self.run_dir = Path(cfg.run.dir)
-        dataset, self.info = build_dataset(cfg)
+        # data: (dataset, info) instead of the config's (the benchmark's synthetic data)
+        dataset, self.info = data if data is not None else build_dataset(cfg)
 
         torch.manual_seed(cfg.seed)  # same initial weights on every rank and for any W
         generator, critic = build_models(cfg, self.info)

@@ -29,7 +29,9 @@ def test_bench_reports_every_row_with_positive_numbers(tmp_path):
         s = row["step"]
         assert 0 < s["min_ms"] <= s["p25_ms"] <= s["median_ms"] <= s["p75_ms"] <= s["max_ms"]
         assert len(row["peak_rss_mb"]) == ranks and all(m > 0 for m in row["peak_rss_mb"])
-    assert set(res["ratios"]) == {"ws1/plain", "strong2/ws1"} and all(v > 0 for v in res["ratios"].values())
+        assert len(row["cpu_ms_per_step"]) == ranks and all(c > 0 for c in row["cpu_ms_per_step"])
+    for ratios in (res["ratios"], res["ratios_cpu"]):
+        assert set(ratios) == {"ws1/plain", "strong2/ws1"} and all(v > 0 for v in ratios.values())
     assert res["synthetic"] is False
     for name in ("plain", "ws1", "strong2", "ws1/plain"):
         assert name in out  # the table on stdout
@@ -44,4 +46,4 @@ def test_bench_uses_synthetic_data_when_the_dataset_is_missing(tmp_path):
     assert res["config"]["data"]["channels"] == 3
     gp = res["rows"]["gp_cost"]
     assert gp["with_gp"]["median_ms"] > 0 and gp["without_gp"]["median_ms"] > 0 and gp["ratio"] > 0
-    assert res["ratios"]["gp_cost"] == gp["ratio"]
+    assert res["ratios"]["gp_cost"] == gp["ratio"] and res["ratios_cpu"]["gp_cost"] == gp["ratio_cpu"] > 0
