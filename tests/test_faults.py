@@ -5,7 +5,6 @@ import signal
 import sys
 from pathlib import Path
 
-import torch
 
 from helpers import (TINY, assert_same_state, finish, free_port, kill, latest_ckpt, load_ckpt, metrics_rows,
                      ok, start, train, wait_for)
