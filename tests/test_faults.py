@@ -1,13 +1,15 @@
 """Fault tolerance with real processes and real signals: SIGTERM, a worker SIGKILLed under
-torchrun --max-restarts, a kill during a checkpoint write, two launchers as two nodes."""
+torchrun --max-restarts, a kill during a checkpoint write, two launchers as two nodes, and
+submitit's local executor with a sweep."""
 import os
 import signal
 import sys
 from pathlib import Path
 
+import torch
 
 from helpers import (TINY, assert_same_state, finish, free_port, kill, latest_ckpt, load_ckpt, metrics_rows,
-                     ok, start, train, wait_for)
+                     ok, spawn, start, train, wait_for)
 
 LONG = TINY + ["train.log_every=5", "train.checkpoint_every=1000"]
 
@@ -104,3 +106,15 @@ def test_two_launchers_as_two_nodes_on_loopback(tmp_path):
     # computes what a 2-rank job on one launcher computes.
     ok(train(args + [f"run.dir={tmp_path}/one_node"], 2))
     assert_same_state(latest_ckpt(run), latest_ckpt(tmp_path / "one_node"))
+
+
+def test_local_submitit_sweep_runs_one_job_per_value(tmp_path):
+    # --local: submitit's local executor, 2 tasks (ranks) per job; --sweep: one job per value.
+    r = ok(spawn([sys.executable, "-m", "jobs.submit", "--local", "--tasks-per-node", "2", "--timeout-min", "5",
+                  "--sweep", "seed=1,2", *TINY, "train.steps=4", f"run.dir={tmp_path}/sweep"]))[0]
+    assert r.out.count("submitted job") == 2
+    runs = [tmp_path / "sweep" / f"seed={s}" for s in (1, 2)]
+    wait_for(lambda: all((d / "checkpoints" / "step_00000004.pt").exists() for d in runs), 240, "both sweep jobs")
+    a, b = latest_ckpt(runs[0]), latest_ckpt(runs[1])
+    assert a["config"]["seed"] == 1 and b["config"]["seed"] == 2
+    assert not torch.equal(a["generator"]["net.0.weight"], b["generator"]["net.0.weight"])

@@ -72,7 +72,7 @@ def test_two_task_job_through_jobs_submit_trains_and_finishes(tmp_path):
 
 @pytest.mark.parametrize("how", ["interrupt", "scontrol_requeue"])
 def test_preempted_job_saves_a_coordinated_step_requeues_and_resumes(tmp_path, how):
-    run, steps = tmp_path / "run", 300
+    run, steps = tmp_path / "run", 1500  # long enough that the signal surely lands mid-run
     job = _submit(ARGS + [f"train.steps={steps}", f"run.dir={run}"])
     log = Path(job.paths.stdout)
     try:

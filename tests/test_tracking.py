@@ -82,3 +82,31 @@ def test_quality_is_evaluated_during_a_two_rank_run(tmp_path):
     quality = [r for r in metrics_rows(tmp_path / "run") if "fid" in r]
     assert [r["step"] for r in quality] == [2, 4]
     assert all(r["fid"] > 0 and 0 <= r["cond_acc"] <= 1 for r in quality)
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "gan_dist.train", *TINY, "train.steps=4", f"run.dir={tmp_path}/run"],
+                            stdout=slave, stderr=subprocess.DEVNULL, env=base_env(tmp_path), start_new_session=True)
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # the terminal closed: the process is done
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "4/4" in screen and ("step/s" in screen or "s/step" in screen), screen[-2000:]
+    assert "loss_critic" in screen  # the log lines still come, above the bar
