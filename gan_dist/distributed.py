@@ -123,10 +123,6 @@ def max_over_ranks(value: int, world: World) -> int:
     return int(t.item())
 
 
-def any_rank(flag: bool, world: World) -> bool:
-    """True on every rank if it is true on any rank."""
-    return bool(max_over_ranks(int(flag), world))
-
 
 def parameter_checksum(*modules: torch.nn.Module) -> float:
     """A cheap fingerprint of all parameters (float64 sums of x and |x|). Buffers are left out:

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from gan_dist.digits_classifier import default_path
 from gan_dist.distributed import World
 from gan_dist.errors import UserError
 from gan_dist.seeding import seeded_generator
@@ -93,7 +94,7 @@ def _torchscript(path: Path, device: torch.device) -> FeatureNet:
 
 
 def _digits(path: Optional[str], device: torch.device, image_size: int) -> FeatureNet:
-    p = Path(path) if path else Path("runs") / f"digits_classifier_{image_size}.pt"
+    p = Path(path) if path else default_path(image_size)
     module = _jit_load(p, device, f"digits classifier {p} not found; create it with "
                        f"`python -m gan_dist.digits_classifier --out {p} --image-size {image_size}`")
     size = int(module.image_size)

@@ -8,13 +8,13 @@ and samples_strip.png (up to 6 evenly spaced sample grids from RUN_DIR/samples, 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
 from pathlib import Path
 from typing import Optional
 
+from gan_dist import tracking
 from gan_dist.errors import UserError
 
 # (title, keys) per panel; a key with no value is left out, a panel without keys too, a file
@@ -34,16 +34,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise UserError(f"{run_dir}: no metrics.jsonl (not a run directory, or no step logged yet)")
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    rows = []
-    for i, ln in enumerate(lines, 1):
-        try:
-            rows.append(json.loads(ln))
-        except json.JSONDecodeError:
-            if i == len(lines):  # the last line may be mid-write while the run trains
-                break
-            raise UserError(f"{path}:{i}: not a JSON object") from None
-    rows = sorted((r for r in rows if isinstance(r, dict) and "step" in r), key=lambda r: r["step"])
+    rows = sorted(tracking.read_metrics(path), key=lambda r: r["step"])
     if not rows:
         raise UserError(f"{path}: no metrics rows yet")
     return rows

@@ -11,6 +11,22 @@ from typing import Optional
 import torch
 
 from gan_dist.config import Config, to_dict
+from gan_dist.errors import UserError
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl. The last line may be half-written (the run is training,
+    or was killed mid-write): it is skipped; a broken line before it is an error."""
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    rows = []
+    for i, ln in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(ln))
+        except json.JSONDecodeError:
+            if i == len(lines):
+                break
+            raise UserError(f"{path}:{i}: not a JSON object") from None
+    return [r for r in rows if isinstance(r, dict) and "step" in r]
 
 
 def _fmt(v: float) -> str:
@@ -48,12 +64,11 @@ class Tracker:
         return self.wandb_run.id if self.wandb_run is not None else ""
 
     def _truncate_after(self, step: int) -> None:
-        """A resumed run repeats the steps after its checkpoint: drop their old lines."""
-        if not self.metrics_path.exists():
-            return
-        lines = [ln for ln in self.metrics_path.read_text().splitlines()
-                 if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        self.metrics_path.write_text("".join(ln + "\n" for ln in lines))
+        """A resumed run repeats the steps after its checkpoint: drop their old lines (and a
+        line torn by a kill mid-write)."""
+        if self.metrics_path.exists():
+            rows = [r for r in read_metrics(self.metrics_path) if r["step"] <= step]
+            self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def info(self, message: str) -> None:
         if self.bar is not None:

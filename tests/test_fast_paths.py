@@ -62,6 +62,10 @@ def test_dataset_on_device_and_loader_workers_give_bitwise_the_same_run(tmp_path
     ref = latest_ckpt(tmp_path / "loader")
     assert_same_state(ref, latest_ckpt(tmp_path / "on_device"))
     assert_same_state(ref, latest_ckpt(tmp_path / "workers"))
+    # on 2 ranks each rank slices its own shard of the on-device data
+    ok(train(args + [f"run.dir={tmp_path}/loader2"], world_size=2))
+    ok(train(args + ["data.on_device=true", f"run.dir={tmp_path}/on_device2"], world_size=2))
+    assert_same_state(latest_ckpt(tmp_path / "loader2"), latest_ckpt(tmp_path / "on_device2"))
 
 
 def test_bf16_channels_last_lazy_gp_run_trains_on_two_ranks(tmp_path):

@@ -106,3 +106,13 @@ def test_non_finite_loss_stops_every_rank_at_the_same_step(tmp_path):
         one_line_error(r, "not finite at step 5")
     assert _digest(tmp_path / "checkpoints" / "step_00000004.pt") == digest
     assert not (tmp_path / "checkpoints" / "step_00000008.pt").exists()
+
+
+def test_resume_after_a_kill_mid_metrics_write(tmp_path):
+    # A kill while rank 0 appends to metrics.jsonl leaves a torn last line; resume drops it.
+    ok(train(TINY + ["train.steps=4", f"run.dir={tmp_path}"]))
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "loss_critic": 1.2')
+    ok(train(TINY + ["train.steps=6", f"run.dir={tmp_path}"]))
+    rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6]
