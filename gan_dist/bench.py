@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from gan_dist import config, distributed, trainer
+from gan_dist import cli, config, distributed, trainer
 from gan_dist.data import DataInfo, build_dataset
 from gan_dist.errors import UserError
 from gan_dist.losses import WGANGP
@@ -343,7 +343,7 @@ def bench(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m gan_dist.bench", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m gan_dist.bench", description=__doc__.split("\n")[0])
     p.add_argument("--config", help="YAML file (configs/*.yaml); defaults: the embedded digits run")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, as for gan_dist.train")
     p.add_argument("--steps", type=int, default=20, help="timed generator steps per repeat (default 20)")

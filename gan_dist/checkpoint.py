@@ -4,18 +4,23 @@ An unreadable checkpoint is reported and the one before it is used; one written 
 incompatible config is a one-line error, never a crash inside load_state_dict."""
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 
 from gan_dist.config import ARCHITECTURE_KEYS, Config, get
+from gan_dist.distributed import World, broadcast_object, raise_if_any
 from gan_dist.errors import UserError
 
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
-REQUIRED_KEYS = ("generator", "critic", "opt_generator", "opt_critic", "step", "epoch", "position", "config")
+REQUIRED_KEYS = ("generator", "critic", "opt_generator", "opt_critic", "step", "epoch", "config")
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -30,25 +35,62 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if _NAME.match(p.name))
 
 
+def _state_bytes(state: Any) -> int:
+    """About what torch.save writes for a state: the tensors' bytes, and ~330 bytes of archive
+    entry and alignment per tensor (measured: 89,750 bytes for 74,288 of 47 tensors)."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size() + 384
+    if isinstance(state, dict):
+        return sum(_state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_state_bytes(v) for v in state)
+    return 0
+
+
+def _os_error(e: BaseException) -> Optional[OSError]:
+    """The OSError behind an error (torch.save wraps a failed write in a RuntimeError)."""
+    while e is not None and not isinstance(e, OSError):
+        e = e.__cause__ or e.__context__
+    return e
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} kB"
+
+
 def save(run_dir: str | Path, state: dict[str, Any], keep: int) -> Path:
-    """Call on rank 0 only. A kill at any moment leaves the previous checkpoint intact."""
+    """Call on rank 0 only, holding the run directory's lock. A kill at any moment leaves the
+    previous checkpoint intact; a full disk is a one-line error that leaves no partial file."""
     d = checkpoint_dir(run_dir)
-    d.mkdir(parents=True, exist_ok=True)
     final = d / f"step_{state['step']:08d}.pt"
-    tmp = d / f".{final.name}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    dir_fd = os.open(d, os.O_RDONLY)  # make the rename itself durable
+    tmp = d / f".{final.name}.tmp.{socket.gethostname()}.{os.getpid()}"
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        d.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        dir_fd = os.open(d, os.O_RDONLY)  # make the rename itself durable
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as either
+        tmp.unlink(missing_ok=True)  # a partial file would keep the disk full for the restart too
+        os_error = _os_error(e)
+        if os_error is not None and os_error.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(d).free if d.is_dir() else 0
+            raise UserError(f"checkpoint {final}: {os_error.strerror} (needs about {_size(_state_bytes(state))}, "
+                            f"{_size(free)} free); removed the partial file, the earlier checkpoints are intact: "
+                            "free space and run the same command to resume") from None
+        cause = os_error.strerror if os_error is not None and os_error.strerror else _describe(e)
+        raise UserError(f"checkpoint {final}: cannot write ({cause}); removed the partial file, "
+                        "the earlier checkpoints are intact") from None
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
-    for stale in d.glob(".step_*.tmp.*"):  # left by a writer killed mid-write
+    # Left by a writer killed mid-write. Only the lock holder saves, so any other is stale.
+    for stale in d.glob(".step_*.tmp.*"):
         stale.unlink(missing_ok=True)
     return final
 
@@ -70,12 +112,76 @@ def load_latest(run_dir: str | Path, warn: Callable[[str], None] = print) -> Opt
         try:
             return _read(path), path
         except Exception as e:  # torch raises many types for truncated/corrupt files
-            warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                 "trying the one before it")
+            warn(f"checkpoint {path} is unreadable ({_describe(e)}); trying the one before it")
     if paths:
         raise UserError(f"no readable checkpoint in {checkpoint_dir(run_dir)} ({len(paths)} unreadable); "
                         "move them away to start afresh")
     return None
+
+
+def _describe(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def resume_state(run_dir: str | Path, world: World, wait_s: float,
+                 warn: Callable[[str], None] = print) -> Optional[tuple[dict, Path]]:
+    """What the run resumes from, the same on every rank: rank 0 picks the latest readable
+    checkpoint and broadcasts its name and step; every rank loads exactly that file (waiting up
+    to wait_s for a shared filesystem to show it) or all stop with one line. Ranks that each
+    picked their own would start at different steps and hang at the first collective."""
+    choice, error = None, None
+    if world.is_main:
+        try:
+            found = load_latest(run_dir, warn)
+            choice = None if found is None else (found[1].name, int(found[0]["step"]))
+        except UserError as e:
+            error = str(e)
+    choice, error = broadcast_object((choice, error), world)
+    if error:
+        raise UserError(error)
+    if choice is None:
+        return None
+    name, step = choice
+    path = checkpoint_dir(run_dir) / name
+    state, error, deadline = (found[0] if world.is_main else None), None, time.monotonic() + wait_s
+    while state is None and error is None:
+        try:
+            state = _read(path)
+        except FileNotFoundError:
+            if time.monotonic() > deadline:
+                error = (f"rank {world.rank} on {socket.gethostname()}: {path}, the checkpoint rank 0 resumes from, "
+                         f"is not there after {wait_s:g} s: run.dir must be one directory on a filesystem every node sees")
+            time.sleep(0.2)
+        except Exception as e:
+            error = f"rank {world.rank} on {socket.gethostname()}: cannot read {path}, which rank 0 read ({_describe(e)})"
+    if state is not None and int(state["step"]) != step:
+        error = (f"rank {world.rank} on {socket.gethostname()}: {path} holds step {state['step']}, rank 0 read step "
+                 f"{step}: run.dir must be one directory on a filesystem every node sees")
+    raise_if_any(error, world)
+    return state, path
+
+
+def data_position(state: dict[str, Any]) -> tuple[int, int]:
+    """(epoch, samples seen in it). Checkpoints written before the position was kept in
+    samples hold it in batches of the batch size they were written with."""
+    if "samples_in_epoch" in state:
+        return int(state["epoch"]), int(state["samples_in_epoch"])
+    return int(state["epoch"]), int(state.get("position", 0)) * int(state["config"]["train"]["batch_size"])
+
+
+def data_info(state: dict[str, Any], cfg: Config, path: Path):
+    """The checkpoint's DataInfo (classes, channels, image size: what rebuilds the generator)."""
+    from gan_dist.datasets import DataInfo
+
+    info = state.get("data_info")
+    try:
+        return DataInfo(**info)
+    except TypeError:  # missing (not written by gan_dist.train) or of another shape
+        pass
+    if cfg.data.name in ("digits", "fashion_mnist"):  # fixed by the dataset: 10 classes, grayscale
+        return DataInfo(10, 1, cfg.data.image_size)
+    raise UserError(f"checkpoint {path} has no data_info (classes, channels, image size), which gan_dist.train "
+                    f"writes: the generator of a {cfg.data.name} run cannot be rebuilt without it")
 
 
 def read(path: str | Path) -> dict[str, Any]:
@@ -86,7 +192,7 @@ def read(path: str | Path) -> dict[str, Any]:
     try:
         return _read(path)
     except Exception as e:
-        raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise UserError(f"checkpoint {path} is unreadable ({_describe(e)})") from None
 
 
 def check_compatible(state: dict[str, Any], cfg: Config, path: Path) -> None:
@@ -105,3 +211,27 @@ def load_state(module: torch.nn.Module, state: dict[str, Any], what: str, path: 
     except (RuntimeError, ValueError, KeyError) as e:
         raise UserError(f"checkpoint {path}: its {what} does not fit this model "
                         f"({str(e).splitlines()[0]})") from None
+
+
+def restore(parts: dict[str, Any], state: dict[str, Any], path: Path) -> None:
+    """Load every stateful part (modules, optimizers) from its entry in the checkpoint."""
+    for name, part in parts.items():
+        # A checkpoint from a run without EMA starts the EMA from the generator's weights.
+        saved = state.get(name, state["generator"]) if name == "generator_ema" else state[name]
+        load_state(part, saved, name.replace("_", " "), path)
+
+
+def apply_optimizer_config(optimizers, cfg: Config, state: dict[str, Any], world_size: int) -> list[str]:
+    """load_state_dict restored the checkpoint's hyperparameters: the config's apply on top (a
+    resumed run may lower its lr). Returns what changed since the checkpoint, for the log."""
+    old = state["opt_generator"]["param_groups"][0]
+    new = {"lr": cfg.optim.lr, "betas": tuple(cfg.optim.betas), "eps": cfg.optim.eps}
+    changes = [f"optim.{k} {old[k]!r} -> {v!r}" for k, v in new.items()
+               if k in old and (tuple(old[k]) if isinstance(old[k], (list, tuple)) else old[k]) != v]
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group.update(new)
+    batch, ranks = state["config"]["train"]["batch_size"], state.get("world_size", world_size)
+    if (batch, ranks) != (cfg.train.batch_size, world_size):  # the data position is in samples: fine
+        changes.append(f"global batch {batch} on {ranks} rank(s) -> {cfg.train.batch_size} on {world_size}")
+    return changes

@@ -7,6 +7,7 @@ Validation raises UserError with one line naming the offending key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,9 @@ from gan_dist.errors import UserError
 @dataclass
 class RunConfig:
     dir: str = "runs/digits_cwgan_gp"
+    # How long a rank waits to see what rank 0 wrote in run.dir (its lock file, the checkpoint
+    # it chose) before deciding run.dir is not shared: NFS attribute caches lag by seconds.
+    shared_fs_wait_s: float = 30.0
 
 
 @dataclass
@@ -30,6 +34,7 @@ class DataConfig:
     channels: int = 1             # image_folder only: 1 (grayscale) or 3 (RGB)
     download: bool = False        # fashion_mnist only; off because clusters often have no internet
     num_workers: int = 0          # DataLoader workers (persistent; pinned memory on CUDA)
+    start_method: str = ""        # workers' multiprocessing start method: "" (platform default) | fork | forkserver | spawn
     on_device: bool = False       # keep the whole (small) dataset on the device: no loader at all
 
 
@@ -111,6 +116,7 @@ class Config:
 
 CHOICES = {
     "data.name": ("digits", "fashion_mnist", "image_folder"),
+    "data.start_method": ("", "fork", "forkserver", "spawn"),
     "model.kind": ("dcgan", "mlp"),
     "model.norm": ("batch", "none"),
     "model.critic_norm": ("instance", "none"),
@@ -190,33 +196,78 @@ def get(cfg: Config, key: str) -> Any:
     return obj
 
 
+SEED_MAX = 2**63 - 1  # torch generators take 64-bit seeds; the sampler adds the epoch to it
+
+# key: (low, high, low inclusive, high inclusive); None: unbounded. Every float is also finite.
+RANGES = {
+    "seed": (0, SEED_MAX, True, True),
+    "run.shared_fs_wait_s": (0, None, True, True),
+    "data.image_size": (1, None, True, True),
+    "data.num_workers": (0, None, True, True),
+    "model.z_dim": (1, None, True, True),
+    "model.width": (1, None, True, True),
+    "model.dropout": (0.0, 1.0, True, False),
+    "loss.gp_lambda": (0.0, None, True, True),
+    "loss.n_critic": (1, None, True, True),
+    "loss.gp_every": (1, None, True, True),
+    "optim.lr": (0.0, 1.0, False, True),
+    "optim.eps": (0.0, 1.0, False, False),
+    "train.steps": (0, None, True, True),
+    "train.batch_size": (1, None, True, True),
+    "train.threads": (1, None, True, True),
+    "train.log_every": (1, None, True, True),
+    "train.sample_every": (1, None, True, True),
+    "train.checkpoint_every": (1, None, True, True),
+    "train.keep_checkpoints": (1, None, True, True),
+    "train.ema_decay": (0.0, 1.0, True, False),
+    "eval.every": (0, None, True, True),
+    "eval.num_samples": (2, None, True, True),
+}
+
+
+def _check_range(key: str, value: Any) -> None:
+    low, high, low_in, high_in = RANGES[key]
+    if value is None:  # Optional settings (train.threads) left unset
+        return
+    ok = (low is None or (value >= low if low_in else value > low)) and \
+         (high is None or (value <= high if high_in else value < high))
+    if not ok:
+        n = lambda x: f"{x:g}" if isinstance(x, float) else str(x)  # noqa: E731 (ints exactly: the seed's 2**63-1)
+        if low is not None and high is not None:
+            where = f"in {'[' if low_in else '('}{n(low)}, {n(high)}{']' if high_in else ')'}"
+        else:
+            where = f"{'>=' if low_in else '>'} {n(low)}" if low is not None else f"{'<=' if high_in else '<'} {n(high)}"
+        raise UserError(f"{key}: must be {where}, got {value!r}")
+
+
+def _floats(obj: Any, prefix: str = ""):
+    """(key, value) of every float setting, lists included (optim.betas)."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _floats(value, f"{key}.")
+        elif isinstance(value, float):
+            yield key, value
+        elif isinstance(value, list):
+            yield from ((f"{key}[{i}]", v) for i, v in enumerate(value) if isinstance(v, float))
+
+
 def validate(cfg: Config) -> Config:
+    """Every check that needs the config alone; check_world adds those that need the world size."""
     for key, allowed in CHOICES.items():
         if get(cfg, key) not in allowed:
-            raise UserError(f"{key}: unknown choice {get(cfg, key)!r} (choose from {', '.join(allowed)})")
-    positive = ["data.image_size", "model.z_dim", "model.width", "loss.n_critic", "loss.gp_every", "train.batch_size",
-                "train.log_every", "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints"]
-    for key in positive:
-        if get(cfg, key) <= 0:
-            raise UserError(f"{key}: must be positive, got {get(cfg, key)}")
-    if cfg.train.steps < 0:
-        raise UserError(f"train.steps: must be >= 0, got {cfg.train.steps}")
-    if cfg.train.threads is not None and cfg.train.threads <= 0:
-        raise UserError(f"train.threads: must be positive, got {cfg.train.threads}")
-    if cfg.optim.lr <= 0:
-        raise UserError(f"optim.lr: must be positive, got {cfg.optim.lr}")
-    if cfg.optim.eps <= 0:
-        raise UserError(f"optim.eps: must be positive, got {cfg.optim.eps}")
+            raise UserError(f"{key}: unknown choice {get(cfg, key)!r} (choose from {', '.join(map(repr, allowed))})")
+    for key, value in _floats(cfg):  # .nan and .inf parse as YAML floats
+        if not math.isfinite(value):
+            raise UserError(f"{key}: must be a finite number, got {value!r}")
+    for key in RANGES:
+        _check_range(key, get(cfg, key))
+    if not cfg.run.dir.strip():
+        raise UserError("run.dir: must not be empty")
     if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
         raise UserError(f"optim.betas: expected two numbers in [0, 1), got {cfg.optim.betas}")
-    if not 0.0 <= cfg.train.ema_decay < 1.0:
-        raise UserError(f"train.ema_decay: expected a number in [0, 1), got {cfg.train.ema_decay}")
-    if cfg.eval.every < 0 or cfg.eval.num_samples <= 0:
-        raise UserError(f"eval.every / eval.num_samples: expected >= 0 / > 0, got {cfg.eval.every} / {cfg.eval.num_samples}")
     if cfg.eval.features.split(":", 1)[0] not in ("digits", "inception", "torchscript"):
         raise UserError(f"eval.features: unknown {cfg.eval.features!r} (digits[:PATH] | inception:PATH | torchscript:PATH)")
-    if not 0.0 <= cfg.model.dropout < 1.0:
-        raise UserError(f"model.dropout: expected a number in [0, 1), got {cfg.model.dropout}")
     if not cfg.model.hidden or any(h <= 0 for h in cfg.model.hidden):
         raise UserError(f"model.hidden: expected a non-empty list of positive widths, got {cfg.model.hidden}")
     if cfg.data.channels not in (1, 3):
@@ -227,6 +278,16 @@ def validate(cfg: Config) -> Config:
     if cfg.data.name != "digits" and not cfg.data.root:
         raise UserError(f"data.root: required for data.name={cfg.data.name}")
     return cfg
+
+
+def check_world(cfg: Config, world_size: int) -> None:
+    """The checks that need the number of ranks: made at start-up, before any training."""
+    if cfg.train.batch_size % world_size:
+        raise UserError(f"train.batch_size: {cfg.train.batch_size} (the GLOBAL batch) is not divisible "
+                        f"by the world size {world_size}")
+    if cfg.eval.every and cfg.eval.num_samples < world_size:
+        raise UserError(f"eval.num_samples: {cfg.eval.num_samples} is fewer than the {world_size} ranks "
+                        "that share the evaluation")
 
 
 def load(config_file: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:

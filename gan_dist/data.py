@@ -1,101 +1,79 @@
-"""Datasets as (image in [-1, 1], label), sharded by DistributedSampler, resumable mid-epoch.
+"""Sharding and the resumable stream of batches (the datasets themselves: datasets.py).
 
-Sharding follows the equivalence principle: rank r of W holds global positions r, r+W, ...
-of each epoch's permutation (DistributedSampler's layout), and every global batch of B images
-is split into W local batches of B/W. Epoch e's permutation depends on (seed, e) only, so a
-W-rank run sees exactly the images a 1-rank run sees, step for step.
+Sharding follows the equivalence principle: each epoch's permutation depends on (seed, epoch)
+only (DistributedSampler's), the epoch is cut into global batches of B images, and rank r of W
+holds rows r, r+W, ... of every global batch. So a W-rank run sees exactly the images a 1-rank
+run sees, step for step. The position in the epoch is kept in SAMPLES: a run resumed with
+another batch size or world size continues the same epoch with the samples not yet seen.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+import signal
+import threading
+from contextlib import contextmanager
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
-from torchvision import datasets, transforms
 
 from gan_dist.config import Config
+from gan_dist.datasets import DataInfo, build_dataset
 from gan_dist.distributed import World
 from gan_dist.errors import UserError
 
+__all__ = ["DataInfo", "build_dataset", "ResumableSampler", "BatchStream", "materialize", "ignore_stop_signals"]
 
-@dataclass
-class DataInfo:
-    num_classes: int
-    channels: int
-    image_size: int
-
-
-def _to_unit_range(channels: int) -> list:
-    return [transforms.ToTensor(), transforms.Normalize([0.5] * channels, [0.5] * channels)]
+# Slurm (preemption, scancel, requeue), torchrun's agent and a terminal's Ctrl-C signal every
+# process of the job, DataLoader workers included. They are the main process's to handle.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
 
-def _digits(cfg: Config) -> tuple[Dataset, DataInfo]:
-    """scikit-learn's bundled handwritten digits: 1,797 real 8x8 images, no download."""
-    from sklearn.datasets import load_digits
-    from torchvision.transforms.v2 import functional as F
-
-    digits = load_digits()
-    images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # [N,1,8,8] in [0,1]
-    if cfg.data.image_size != 8:
-        images = F.resize(images, [cfg.data.image_size] * 2, antialias=True).clamp(0.0, 1.0)
-    labels = torch.as_tensor(digits.target, dtype=torch.long)
-    return TensorDataset(images * 2.0 - 1.0, labels), DataInfo(10, 1, cfg.data.image_size)
+def ignore_stop_signals(worker_id: int) -> None:
+    """worker_init_fn: a worker killed by SIGTERM makes its rank raise "DataLoader worker is
+    killed by signal" before the ranks can agree on a stop and save. Workers ignore the stop
+    signals; the main process stops every rank at one step and saves. (A worker still exits
+    when its rank does: DataLoader's watchdog, and Slurm's SIGKILL.)"""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
-def _fashion_mnist(cfg: Config) -> tuple[Dataset, DataInfo]:
-    size = cfg.data.image_size
-    tf = ([transforms.Resize(size, antialias=True)] if size != 28 else []) + _to_unit_range(1)
-    root = Path(cfg.data.root)
-    if not cfg.data.download and not root.is_dir():
-        raise UserError(f"data.root: {root} does not exist (set data.download=true to fetch Fashion-MNIST)")
+@contextmanager
+def stop_signals_blocked():
+    """Workers start with the stop signals blocked (fork copies the mask, exec under spawn and
+    forkserver keeps it, and so does the forkserver itself), so none dies of a signal before
+    ignore_stop_signals runs. This process receives what arrived meanwhile once unblocked."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        ds = datasets.FashionMNIST(str(root), train=True, download=cfg.data.download,
-                                   transform=transforms.Compose(tf))
-    except RuntimeError as e:  # torchvision: "Dataset not found. You can use download=True ..."
-        raise UserError(f"data.root: no Fashion-MNIST in {root} ({e}); "
-                        "set data.download=true or point data.root at its parent folder") from None
-    return ds, DataInfo(10, 1, size)
-
-
-def _image_folder(cfg: Config) -> tuple[Dataset, DataInfo]:
-    """One subfolder per class (the book's glasses/G and glasses/NoG)."""
-    root = Path(cfg.data.root)
-    if not root.is_dir():
-        raise UserError(f"data.root: {root} does not exist (expected one subfolder of images per class)")
-    c, size = cfg.data.channels, cfg.data.image_size
-    tf = ([transforms.Grayscale(1)] if c == 1 else []) + [
-        transforms.Resize(size, antialias=True), transforms.CenterCrop(size)] + _to_unit_range(c)
-    try:
-        ds = datasets.ImageFolder(str(root), transform=transforms.Compose(tf))
-    except (FileNotFoundError, RuntimeError) as e:
-        raise UserError(f"data.root: {root}: {e}") from None
-    return ds, DataInfo(len(ds.classes), c, size)
-
-
-def build_dataset(cfg: Config) -> tuple[Dataset, DataInfo]:
-    builder = {"digits": _digits, "fashion_mnist": _fashion_mnist, "image_folder": _image_folder}
-    ds, info = builder[cfg.data.name](cfg)
-    if len(ds) < cfg.train.batch_size:
-        raise UserError(f"train.batch_size: {cfg.train.batch_size} is larger than the dataset "
-                        f"({len(ds)} images in {cfg.data.name})")
-    return ds, info
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class ResumableSampler(DistributedSampler):
-    """DistributedSampler (drop_last: every rank gets the same count) that can start
-    `start` samples into its shard, so a resumed run continues inside the epoch."""
+    """DistributedSampler's epoch permutation, sharded from `start` (in samples): the samples
+    not yet seen are cut into whole global batches of `batch_size` and rank r takes rows r, r+W,
+    ... of each. At start 0 this is DistributedSampler's own layout (tested)."""
 
-    def __init__(self, dataset: Dataset, world: World, seed: int):
+    def __init__(self, dataset: Dataset, world: World, seed: int, batch_size: int):
         super().__init__(dataset, num_replicas=world.world_size, rank=world.rank,
                          shuffle=True, seed=seed, drop_last=True)
-        self.start = 0
+        self.batch_size, self.start = batch_size, 0
+
+    def batches_left(self) -> int:
+        return (len(self.dataset) - self.start) // self.batch_size
 
     def __iter__(self):
-        return iter(list(super().__iter__())[self.start:])
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)  # as DistributedSampler: the permutation of (seed, epoch)
+        perm = torch.randperm(len(self.dataset), generator=g)
+        rest = perm[self.start:self.start + self.batches_left() * self.batch_size]
+        return iter(rest[self.rank::self.num_replicas].tolist())
 
     def __len__(self) -> int:
-        return self.num_samples - self.start
+        return self.batches_left() * self.batch_size // self.num_replicas
 
 
 def materialize(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,39 +88,57 @@ def materialize(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor, t
 
 
 class BatchStream:
-    """An endless stream of local batches; its position (epoch, batch in epoch) is all a
-    checkpoint needs to resume exactly."""
+    """An endless stream of local batches; its position (epoch, samples seen in the epoch) is
+    all a checkpoint needs to resume exactly, under any batch size or world size."""
 
     def __init__(self, dataset: Dataset, cfg: Config, world: World, epoch: int = 0, position: int = 0):
-        self.local_batch = cfg.train.batch_size // world.world_size
-        self.per_epoch = len(dataset) // cfg.train.batch_size  # global batches per epoch, any W
-        self.sampler = ResumableSampler(dataset, world, cfg.seed)
+        self.batch_size = cfg.train.batch_size
+        self.local_batch = self.batch_size // world.world_size
+        self.size = len(dataset)
+        self.sampler = ResumableSampler(dataset, world, cfg.seed, self.batch_size)
         self.device = world.device
         self.on_device = materialize(dataset, world.device) if cfg.data.on_device else None
         workers = cfg.data.num_workers
-        self.loader = None if self.on_device else DataLoader(dataset, batch_size=self.local_batch, sampler=self.sampler,
-                                 drop_last=True, num_workers=workers, persistent_workers=workers > 0,
-                                 pin_memory=world.device.type == "cuda",
-                                 # its own generator: starting an iterator (resume, new epoch) must
-                                 # not draw from the global RNG that dropout uses
-                                 generator=torch.Generator().manual_seed(cfg.seed))
+        self.loader = None if self.on_device else DataLoader(
+            dataset, batch_size=self.local_batch, sampler=self.sampler, drop_last=True, num_workers=workers,
+            persistent_workers=workers > 0, pin_memory=world.device.type == "cuda",
+            worker_init_fn=ignore_stop_signals if workers else None,
+            multiprocessing_context=(cfg.data.start_method or None) if workers else None,
+            # its own generator: starting an iterator (resume, new epoch) must not draw from
+            # the global RNG that dropout uses
+            generator=torch.Generator().manual_seed(cfg.seed))
+        if not 0 <= position <= self.size:
+            raise UserError(f"checkpoint: data position {position} is outside the epoch of {self.size} images "
+                            "(was the dataset changed?)")
         self.epoch, self.position = epoch, position
+        if position + self.batch_size > self.size:  # too few samples left for a batch of this size
+            self.epoch, self.position = epoch + 1, 0
         self._it = None
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._it is None:
             self.sampler.set_epoch(self.epoch)
-            self.sampler.start = self.position * self.local_batch
+            self.sampler.start = self.position
             if self.on_device:  # the epoch's indices go to the device once; batches are slices
                 self._it = iter(torch.tensor(list(self.sampler), device=self.device).split(self.local_batch))
             else:
-                self._it = iter(self.loader)
+                with stop_signals_blocked():  # starts the workers (once: they persist)
+                    self._it = iter(self.loader)
         if self.on_device:
             index = next(self._it)
             images, labels = self.on_device[0][index], self.on_device[1][index]
         else:
-            images, labels = next(self._it)
-        self.position += 1
-        if self.position == self.per_epoch:
+            try:
+                images, labels = next(self._it)
+            except UserError as e:  # raised in a worker: DataLoader re-raises it with the traceback
+                raise UserError(str(e).strip().splitlines()[-1].split("UserError: ", 1)[-1]) from None
+        self.position += self.batch_size
+        if self.position + self.batch_size > self.size:
             self.epoch, self.position, self._it = self.epoch + 1, 0, None
         return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        """Stop the workers now (persistent workers otherwise live until garbage collection)."""
+        it, self._it = getattr(self.loader, "_iterator", None) or self._it, None
+        if hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()

@@ -9,7 +9,6 @@ spec (gan_dist.evaluation), which looks for runs/digits_classifier_{image_size}.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_dist import config, data
+from gan_dist import cli, config, datasets
 from gan_dist.errors import UserError
 
 SPLIT_SEED = 20240607  # fixed: the held-out 20% is the same set whatever --seed trains with
@@ -36,7 +35,7 @@ def digits_tensors(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """All 1,797 digits as (images [N, 1, S, S] in [-1, 1], labels), exactly as training sees them."""
     cfg = config.Config()
     cfg.data.image_size = image_size
-    ds, _ = data._digits(cfg)
+    ds, _ = datasets.build_dataset(cfg)
     return ds.tensors
 
 
@@ -125,7 +124,7 @@ def save(model: nn.Module, out: str | Path, meta: dict) -> list[str]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gan_dist.digits_classifier", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m gan_dist.digits_classifier", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="TorchScript file to write (FILE.json goes beside it)")
     p.add_argument("--image-size", type=int, default=16)
     p.add_argument("--epochs", type=int, default=12)

@@ -1,12 +1,14 @@
 """The run's place in the world: rank, world size, device, backend; and the few collectives
 the loop needs outside DDP (stats all-reduce, agreement on flags, consistency checks).
 
-Environment detection: torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), else one
-process. One process never initializes a process group: it runs the same loop on bare modules.
+Environment detection: torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), else the
+tasks of one srun (SLURM_PROCID, ...), else one process. One process never initializes a
+process group: it runs the same loop on bare modules.
 """
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Optional
@@ -15,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from gan_dist.errors import UserError
+from gan_dist.seeding import mix_seed
 
 
 @dataclass
@@ -26,6 +29,7 @@ class World:
     device: torch.device = torch.device("cpu")
     backend: Optional[str] = None
     cpu_group: Any = None  # gloo group for small control tensors (no device sync under nccl)
+    launcher: str = "none"  # torchrun | slurm (one srun task per rank: submitit, sbatch) | none
 
     @property
     def is_main(self) -> bool:
@@ -36,21 +40,85 @@ class World:
         return self.world_size > 1
 
 
+def _slurm_world(env: dict) -> Optional[World]:
+    """srun started this process as one of several tasks, with no torchrun in between: take the
+    ranks from Slurm's variables (else N tasks would each train as rank 0 of 1 in one run.dir)."""
+    tasks = env.get("SLURM_STEP_NUM_TASKS", "")
+    if "SLURM_STEP_ID" not in env or not tasks.isdigit() or int(tasks) <= 1:
+        return None
+    try:
+        per_node = [int(n) for group in env["SLURM_STEP_TASKS_PER_NODE"].split(",")
+                    for n in _expand_count(group)]
+        node = int(env.get("SLURM_NODEID", "0"))
+        world = World(rank=int(env["SLURM_PROCID"]), local_rank=int(env["SLURM_LOCALID"]), world_size=int(tasks),
+                      local_world_size=per_node[min(node, len(per_node) - 1)], launcher="slurm")
+        job, step = env["SLURM_JOB_ID"], env["SLURM_STEP_ID"]
+    except (KeyError, ValueError) as e:
+        raise UserError(f"srun started {tasks} tasks but Slurm's variables do not say this task's rank ({e}); "
+                        "start with torchrun, or run one task") from None
+    env.setdefault("MASTER_ADDR", _first_host(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "")))
+    # The same port on every task of this step, another for another step of the job.
+    env.setdefault("MASTER_PORT", str(20000 + mix_seed(job, step) % 20000))
+    env.update(RANK=str(world.rank), WORLD_SIZE=str(world.world_size), LOCAL_RANK=str(world.local_rank),
+               LOCAL_WORLD_SIZE=str(world.local_world_size))
+    return world
+
+
+def _expand_count(group: str) -> list[str]:
+    """Slurm's "2(x3)" -> ["2", "2", "2"]."""
+    count, _, times = group.partition("(x")
+    return [count] * (int(times.rstrip(")")) if times else 1)
+
+
+def _first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list ("gpu[003-006,9],cpu1" -> "gpu003"), as
+    `scontrol show hostnames` gives it; submitit's parser when scontrol is not there."""
+    try:
+        r = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30)
+        if r.returncode == 0 and r.stdout.split():
+            return r.stdout.split()[0]
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    from submitit.slurm.slurm import _parse_node_list
+
+    try:
+        return _parse_node_list(nodelist)[0]
+    except Exception:
+        raise UserError(f"cannot find the first host of SLURM_STEP_NODELIST={nodelist!r} "
+                        "(set MASTER_ADDR, or start with torchrun)") from None
+
+
+GPU_VARIABLES = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_TASK",
+                 "SLURM_GPUS_PER_NODE", "SLURM_GPUS")
+
+
+def _allocated_gpus(env: dict) -> str:
+    """"NAME=value" of the first Slurm variable saying GPUs were allocated to this job, or ""."""
+    for name in GPU_VARIABLES:
+        value = env.get(name, "").strip()
+        if value and value not in ("0", "(null)", "N/A", "none"):
+            return f"{name}={value}"
+    return ""
+
+
 def detect() -> World:
-    """Read rank/world from the launcher's environment (torchrun), else a single process."""
+    """Read rank/world from the launcher's environment: torchrun (or variables an srun task
+    exported: submitit, slurm/train.sbatch), else srun's own, else one process."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         try:
             world = World(rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
                           local_rank=int(env.get("LOCAL_RANK", 0)),
-                          local_world_size=int(env.get("LOCAL_WORLD_SIZE", 1)))
+                          local_world_size=int(env.get("LOCAL_WORLD_SIZE", 1)),
+                          launcher="torchrun" if "TORCHELASTIC_RUN_ID" in env or "SLURM_STEP_ID" not in env
+                          else "slurm")
         except ValueError as e:
             raise UserError(f"launcher environment: bad RANK/WORLD_SIZE/LOCAL_RANK ({e})") from None
     else:
-        world = World()
+        world = _slurm_world(env) or World()
     if torch.cuda.is_available():
         count = torch.cuda.device_count()
-        if count == 1:  # one visible device per task (Slurm/submitit set CUDA_VISIBLE_DEVICES)
+        if count == 1:  # one visible device per task (Slurm's per-task binding)
             world.device = torch.device("cuda", 0)
         elif world.local_rank < count:
             world.device = torch.device("cuda", world.local_rank)
@@ -59,12 +127,24 @@ def detect() -> World:
                             "start at most one rank per GPU")
         world.backend = "nccl"
     else:
+        allocated = _allocated_gpus(env)
+        if allocated:  # never fall back to the CPU silently on a GPU allocation
+            raise UserError(f"Slurm allocated GPUs ({allocated}) but CUDA sees none "
+                            f"(CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}, torch "
+                            f"{torch.__version__} {'with' if torch.backends.cuda.is_built() else 'without'} CUDA): "
+                            "fix the job's GPU binding or the torch build; not training on the CPU")
         world.backend = "gloo"
     return world
 
 
 def default_threads(world: World) -> int:
+    """Torch threads for this rank. An srun task has CPUs of its own (--cpus-per-task, and its
+    affinity mask when Slurm binds tasks): use them as they are. Ranks that torchrun started
+    share the launcher's CPUs: divide them."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_task = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if world.launcher == "slurm" and per_task.isdigit():
+        return max(1, min(cpus, int(per_task)))
     return max(1, cpus // world.local_world_size)
 
 
@@ -133,6 +213,28 @@ def parameter_checksum(*modules: torch.nn.Module) -> float:
             t64 = t.detach().to("cpu", torch.float64)
             total += torch.stack([t64.sum(), t64.abs().sum()])
     return float(total[0] + 1e-3 * total[1])
+
+
+def broadcast_object(obj: Any, world: World) -> Any:
+    """Rank 0's `obj` on every rank (small picklable things: a path, a step, an error line)."""
+    if not world.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=world.cpu_group)
+    return box[0]
+
+
+def raise_if_any(error: Optional[str], world: World) -> None:
+    """For steps that can fail on some ranks only (start-up checks, rank 0's save): every rank
+    learns of the first failure and raises it, so none is left waiting in a collective. Every
+    rank must call it; it is a barrier too."""
+    errors = [error]
+    if world.distributed:
+        errors = [None] * world.world_size
+        dist.all_gather_object(errors, error, group=world.cpu_group)
+    first = next((e for e in errors if e), None)
+    if first:
+        raise UserError(first)
 
 
 def gather_floats(value: float, world: World) -> list[float]:

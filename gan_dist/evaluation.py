@@ -16,7 +16,6 @@ ranks compute what one process computes, and every rank returns the same numbers
 """
 from __future__ import annotations
 
-import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,9 +122,13 @@ def _inception(path: str, device: torch.device) -> FeatureNet:
     # tested against transform_input=True with ImageNet normalization).
     net = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
     try:
-        net.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as e:
-        raise UserError(f"eval.features: {p} is not an Inception v3 state_dict ({str(e).splitlines()[0]})") from None
+        state = torch.load(p, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise TypeError(f"it holds a {type(state).__name__}, not a dict of tensors")
+        net.load_state_dict(state)
+    except Exception as e:  # torch.load raises many types for files that are not checkpoints
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"eval.features: {p} is not an Inception v3 state_dict ({cause})") from None
     net.fc = torch.nn.Identity()  # 2048-d pool features, as FID uses
     net = net.to(device).eval()
 
@@ -169,15 +172,38 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, b
     return torch.cat([fn(images[i:i + batch].to(device).float()).float() for i in range(0, len(images), batch)])
 
 
+REAL_IMAGES = 10_000  # real images behind the reference statistics (fewer if the dataset is smaller)
+
+
 def real_statistics(feature_net: FeatureNet, real_images: torch.Tensor, world: World, device,
                     batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mu, sigma) of the real images' features, the work split over ranks. Compute once per
-    run and pass as evaluate(real_stats=...): the real set does not change."""
-    if len(real_images) < max(2, world.world_size):
-        raise UserError(f"evaluation: {len(real_images)} real images are too few for {world.world_size} rank(s)")
-    local = real_images[world.rank::world.world_size]
-    feats = _gather_rows(_batched(feature_net.features, local, batch, device), len(real_images), world)
+    """(mu, sigma) of the real images' features, every rank given ALL of them; see share_statistics."""
+    total = len(real_images)
+    return share_statistics(feature_net, real_images[world.rank::world.world_size], total, world, device, batch)
+
+
+def share_statistics(feature_net: FeatureNet, share: torch.Tensor, total: int, world: World, device,
+                     batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mu, sigma) of `total` real images' features, rank r holding only rows r, r+W, ... of
+    them (its share: a rank never loads the whole real set). Compute once per run and pass as
+    evaluate(real_stats=...): the real set does not change."""
+    if total < max(2, world.world_size):
+        raise UserError(f"evaluation: {total} real images are too few for {world.world_size} rank(s)")
+    feats = _gather_rows(_batched(feature_net.features, share, batch, device), total, world)
     return feature_stats(feats)
+
+
+def prepare(spec: str, dataset, world: World, device, image_size: int):
+    """(feature network, real statistics) for a run: loaded at start-up, so a bad network
+    fails before any training. Each rank loads only its share of the real images."""
+    from torch.utils.data import Subset
+
+    from gan_dist.data import materialize
+
+    feature_net = load_feature_network(spec, device, image_size=image_size)
+    total = min(len(dataset), REAL_IMAGES)
+    share = materialize(Subset(dataset, range(world.rank, total, world.world_size)), torch.device("cpu"))[0]
+    return feature_net, share_statistics(feature_net, share, total, world, device)
 
 
 @torch.no_grad()

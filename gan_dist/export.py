@@ -9,7 +9,6 @@ directory (its latest checkpoint) or a checkpoint file.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
@@ -19,8 +18,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from gan_dist import checkpoint, config
-from gan_dist.data import DataInfo
+from gan_dist import checkpoint, cli, config
 from gan_dist.errors import UserError
 from gan_dist.models import build_models
 
@@ -36,8 +34,11 @@ def load_generator(source: str | Path, ema: bool = True) -> tuple[nn.Module, dic
         state, path = found
     else:
         state, path = checkpoint.read(source), source
-    cfg = config.from_dict(state["config"])
-    info = DataInfo(**state["data_info"])
+    try:
+        cfg = config.from_dict(state["config"])
+    except UserError as e:
+        raise UserError(f"checkpoint {path}: its config does not load ({e})") from None
+    info = checkpoint.data_info(state, cfg, path)
     generator, _ = build_models(cfg, info)
     use_ema = ema and "generator_ema" in state
     checkpoint.load_state(generator, state["generator_ema" if use_ema else "generator"], "generator", path)
@@ -88,7 +89,7 @@ def export(source: str | Path, out: str | Path, pt2: bool = False, ema: bool = T
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gan_dist.export", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m gan_dist.export", description=__doc__.split("\n")[0])
     p.add_argument("source", help="run directory or checkpoint file")
     p.add_argument("--out", required=True, help="TorchScript file to write (FILE.json goes beside it)")
     p.add_argument("--pt2", action="store_true", help="also write a torch.export program FILE.pt2")

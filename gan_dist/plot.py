@@ -7,14 +7,13 @@ and samples_strip.png (up to 6 evenly spaced sample grids from RUN_DIR/samples, 
 """
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import sys
 from pathlib import Path
 from typing import Optional
 
-from gan_dist import tracking
+from gan_dist import cli, tracking
 from gan_dist.errors import UserError
 
 # (title, keys) per panel; a key with no value is left out, a panel without keys too, a file
@@ -109,7 +108,7 @@ def plot(run_dir: str | Path, out: Optional[str | Path] = None) -> list[Path]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gan_dist.plot", description="PNG plots of a run's metrics and samples.")
+    p = cli.ArgumentParser(prog="python -m gan_dist.plot", description="PNG plots of a run's metrics and samples.")
     p.add_argument("run_dir", help="run directory (holds metrics.jsonl and samples/)")
     p.add_argument("--out", help="folder for the PNGs (default RUN_DIR/plots)")
     args = p.parse_args(argv)

@@ -2,8 +2,9 @@
 
 SIGUSR2 (Slurm's warning before a time limit or a preemption; submitit's signal, since USR1
 belongs to NCCL) and SIGTERM (scancel, `scontrol requeue`, torchrun forwarding) only set a
-flag here. The training loop combines the flag across ranks at each step boundary (one
-all-reduce), every rank stops at the same step, rank 0 saves that step, then:
+flag here, which only ever rises. The training loop combines the flags across ranks at each
+step boundary (one all-reduce), every rank stops at the same step, rank 0 saves that step,
+then, before any rank exits:
   - SIGUSR2 under submitit: submitit's own handler runs on rank 0 (it calls the job's
     checkpoint(), requeues and exits) -- the state it resumes from is already on disk;
   - SIGUSR2 under a plain sbatch script: rank 0 runs `scontrol requeue $SLURM_JOB_ID`;
@@ -16,7 +17,9 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Optional
+
+from gan_dist.distributed import World, max_over_ranks
 
 SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 # Agreement across ranks takes the highest priority seen anywhere (a MAX all-reduce).
@@ -29,7 +32,12 @@ class Preemption:
         self.signum = 0
         self._previous: dict[int, Any] = {}
 
+    @property
+    def installed(self) -> bool:
+        return bool(self._previous)
+
     def install(self) -> "Preemption":
+        """Early (before the process group and the data): a signal during start-up is kept."""
         for sig in SIGNALS:
             self._previous[sig] = signal.getsignal(sig)
             signal.signal(sig, self._handle)
@@ -42,40 +50,55 @@ class Preemption:
     def _handle(self, signum: int, frame: Any) -> None:
         if signum == signal.SIGINT and self.signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the save
-        # USR2 wins over TERM: submitit's interrupt sends TERM first, then USR2.
-        if PRIORITY[signum] > PRIORITY[self.signum]:
-            self.signum = signum
+        self._raise_to(PRIORITY[signum])
+
+    def _raise_to(self, priority: int) -> None:
+        """The pending signal only ever rises (USR2 wins over TERM: Slurm's preemption and
+        submitit's interrupt send both), never falls."""
+        if priority > PRIORITY[self.signum]:
+            self.signum = BY_PRIORITY[priority]
 
     @property
     def priority(self) -> int:
         return PRIORITY[self.signum]
 
-    def agree(self, priority: int) -> None:
-        """Adopt the signal the ranks agreed on (some ranks may not have received any)."""
-        self.signum = BY_PRIORITY[priority]
-
-    @property
-    def requested(self) -> bool:
-        return self.signum != 0
+    def agree(self, world: World) -> int:
+        """The highest signal any rank has seen, the same on every rank (one CPU all-reduce):
+        what the ranks act on, all at the same step. The local flag is only raised to it, never
+        overwritten: a signal that lands while the all-reduce runs stays pending and is agreed
+        on at the next step boundary."""
+        agreed = max_over_ranks(self.priority, world)
+        self._raise_to(agreed)
+        return agreed
 
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else ""
 
-    def requeue_if_asked(self, is_main: bool) -> None:
-        """After the stop step is saved and the process group is gone: requeue on USR2
-        (rank 0 only, as submitit does)."""
+    def requeue_if_asked(self, is_main: bool) -> Optional[BaseException]:
+        """After the stop step is saved, while every rank still waits at a barrier (so srun's
+        --kill-on-bad-exit cannot end rank 0 before it requeues): requeue on USR2, rank 0
+        only, as submitit does. Returns what submitit's handler raised (its exit after a
+        requeue, or its "not requeued" error), to be raised once the process group is gone."""
         if self.signum != signal.SIGUSR2 or not is_main:
-            return
+            return None
         previous = self._previous.get(signal.SIGUSR2)
-        if callable(previous):  # submitit's checkpoint_and_try_requeue: requeues, then exits
+        if callable(previous):  # submitit's checkpoint_and_try_requeue: requeues, then sys.exit
             try:
                 previous(signal.SIGUSR2, None)
             except subprocess.SubprocessError as e:  # its scontrol requeue; Slurm may be requeuing already
                 print(f"gan_dist: warning: requeue failed ({e})", file=sys.stderr, flush=True)
+            except BaseException as e:  # noqa: B036 (SystemExit included: raised after teardown)
+                return e
         elif os.environ.get("SLURM_JOB_ID"):
             job = os.environ["SLURM_JOB_ID"]
-            r = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
-            if r.returncode != 0:
-                print(f"gan_dist: warning: scontrol requeue {job} failed: {r.stderr.strip()}",
-                      file=sys.stderr, flush=True)
+            try:
+                r = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+                failed = r.stderr.strip() if r.returncode else ""
+            except (OSError, subprocess.TimeoutExpired) as e:
+                failed = str(e)
+            if failed:
+                print(f"gan_dist: warning: scontrol requeue {job} failed: {failed}", file=sys.stderr, flush=True)
+            else:
+                print(f"requeued Slurm job {job}", flush=True)
+        return None

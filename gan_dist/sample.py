@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 import torch
 
-from gan_dist import sampling
+from gan_dist import cli, sampling
 from gan_dist.errors import UserError
 from gan_dist.export import load_generator
 
@@ -111,7 +111,7 @@ def build_inputs(args: argparse.Namespace, meta: dict, rng: torch.Generator):
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gan_dist.sample", description="Write a PNG grid of generated images.")
+    p = cli.ArgumentParser(prog="python -m gan_dist.sample", description="Write a PNG grid of generated images.")
     p.add_argument("source", help="run directory, checkpoint file, or exported FILE.pt (with FILE.json)")
     p.add_argument("--n", type=int, default=32,
                    help="images (default 32); conditional without --label: rounded up to one row per class")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -52,10 +53,12 @@ class Tracker:
             try:
                 import wandb
                 w = cfg.wandb
+                # WANDB_DIR, when set, says where wandb's files go (clusters move them off a small
+                # home or NFS); passing dir= would override it. Otherwise: the run directory.
+                where = None if os.environ.get("WANDB_DIR") else str(self.run_dir)
                 self.wandb_run = wandb.init(project=w.project, entity=w.entity or None, name=w.name or None,
                                             group=w.group or None, tags=w.tags or None, mode=w.mode,
-                                            dir=str(self.run_dir), id=run_id or None, resume="allow",
-                                            config=to_dict(cfg))
+                                            dir=where, id=run_id or None, resume="allow", config=to_dict(cfg))
             except Exception as e:  # no network, bad key...: the run goes on with metrics.jsonl
                 self.warn(f"wandb did not start ({type(e).__name__}: {e}); metrics go to {self.metrics_path} only")
 
@@ -89,8 +92,11 @@ class Tracker:
             return
         row = {"step": step, **{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                 for k, v in metrics.items()}}
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:  # a full disk: the checkpoint that follows stops the run with the cause
+            self.warn(f"could not append to {self.metrics_path} ({e.strerror or e})")
         shown = " ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()
                          if k not in ("epoch", "lr", "step_time") and not k.startswith("grad_norm"))
         eta = metrics.get("step_time", 0.0) * (self.total_steps - step)

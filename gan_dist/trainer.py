@@ -10,33 +10,47 @@ from __future__ import annotations
 import dataclasses
 import gc
 import time
-from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from gan_dist import checkpoint, evaluation, sampling
 from gan_dist.config import Config, dump, to_dict
-from gan_dist.data import BatchStream, DataInfo, build_dataset, materialize
-from gan_dist.distributed import World, all_reduce_mean, barrier, check_consistency, max_over_ranks
+from gan_dist.data import BatchStream, DataInfo, build_dataset
+from gan_dist.distributed import World, all_reduce_mean, barrier, check_consistency, raise_if_any
 from gan_dist.ema import EMA
 from gan_dist.errors import UserError
 from gan_dist.losses import build_loss
-from gan_dist.models import build_models
+from gan_dist.models import build_models, check_fits
 from gan_dist.preemption import Preemption
+from gan_dist.run_dir import RunDir
 from gan_dist.seeding import mix_seed, seeded_generator
 from gan_dist.tracking import Tracker
 
 
 class Trainer:
-    def __init__(self, cfg: Config, world: World, data: Optional[tuple[Dataset, DataInfo]] = None):
+    def __init__(self, cfg: Config, world: World, data: Optional[tuple[Dataset, DataInfo]] = None,
+                 preemption: Optional[Preemption] = None):
         self.cfg, self.world = cfg, world
-        self.run_dir = Path(cfg.run.dir)
+        self.preemption = preemption or Preemption()
+        self.deferred_exit: Optional[BaseException] = None  # submitit's exit after a requeue
+        # Before anything reads or writes run.dir: rank 0 locks it, every rank checks it sees it.
+        self.run_dir = RunDir(cfg.run.dir)
+        self.run_dir.open(world, cfg.run.shared_fs_wait_s)
+        try:
+            self._build(data)
+        except BaseException:
+            self.run_dir.release()
+            raise
+
+    def _build(self, data: Optional[tuple[Dataset, DataInfo]]) -> None:
+        cfg, world = self.cfg, self.world
         # data: (dataset, info) instead of the config's (the benchmark's synthetic data)
-        dataset, self.info = data if data is not None else build_dataset(cfg)
+        dataset, self.info = data if data is not None else build_dataset(cfg, world)
+        check_fits(cfg, self.info, cfg.train.batch_size // world.world_size, world.device)
 
         torch.manual_seed(cfg.seed)  # same initial weights on every rank and for any W
         generator, critic = build_models(cfg, self.info)
@@ -59,15 +73,16 @@ class Trainer:
         self.batches_per_step = 1 if cfg.loss.reuse_batch else cfg.loss.n_critic
 
         self.ema = EMA(self.generator, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+        # The stateful parts, saved and restored by name (with step, data position, config).
+        self.parts = {"generator": self.generator, "critic": self.critic, "opt_generator": self.opt_g,
+                      "opt_critic": self.opt_c, **({"generator_ema": self.ema.module} if self.ema else {})}
         self.feature_net = self.real_stats = None
         if cfg.eval.every:  # load (and fail) before training; real statistics once per run
-            self.feature_net = evaluation.load_feature_network(cfg.eval.features, world.device,
-                                                               image_size=self.info.image_size)
-            real = materialize(Subset(dataset, range(min(len(dataset), 10_000))), torch.device("cpu"))[0]
-            self.real_stats = evaluation.real_statistics(self.feature_net, real, world, world.device)
+            self.feature_net, self.real_stats = evaluation.prepare(cfg.eval.features, dataset, world, world.device,
+                                                                   self.info.image_size)
         self.step, self.wandb_run_id = 0, ""
-        self._resume()
-        self.stream = BatchStream(dataset, cfg, world, epoch=self._epoch, position=self._position)
+        epoch, position = self._resume()
+        self.stream = BatchStream(dataset, cfg, world, epoch=epoch, position=position)
 
         # DDP only when there is more than one rank; the single process uses the bare modules.
         # Generator: forward_sync_buffers=False (BatchNorm running stats only matter in eval, and
@@ -89,29 +104,32 @@ class Trainer:
 
     def close(self) -> None:
         """Drop the DDP wrappers before the process group goes: a DDP reducer destroyed
-        after destroy_process_group can abort the process (gloo, seen as exit -6)."""
+        after destroy_process_group can abort the process (gloo, seen as exit -6). Stop the
+        data workers; let go of run.dir."""
         self.generator_ddp, self.critic_ddp = self.generator, self.critic
+        if hasattr(self, "stream"):
+            self.stream.close()
         gc.collect()
+        self.run_dir.release()
 
     # ---- resume -------------------------------------------------------------------------
-    def _resume(self) -> None:
-        self._epoch = self._position = 0
-        found = checkpoint.load_latest(self.run_dir, warn=self._warn)
+    def _resume(self) -> tuple[int, int]:
+        """Load what rank 0 chose (the same file on every rank); (epoch, samples seen in it)."""
+        cfg = self.cfg
+        found = checkpoint.resume_state(self.run_dir.path, self.world, cfg.run.shared_fs_wait_s, warn=self._warn)
         if found is None:
-            return
+            if self.world.is_main:  # a fresh run's settings; a resumed run's once it saves
+                self.run_dir.write_config(dump(cfg))
+            return 0, 0
         state, path = found
-        checkpoint.check_compatible(state, self.cfg, path)
-        checkpoint.load_state(self.generator, state["generator"], "generator", path)
-        checkpoint.load_state(self.critic, state["critic"], "critic", path)
-        checkpoint.load_state(self.opt_g, state["opt_generator"], "generator optimizer", path)
-        checkpoint.load_state(self.opt_c, state["opt_critic"], "critic optimizer", path)
-        if self.ema is not None:  # a checkpoint from a run without EMA starts it from the weights
-            checkpoint.load_state(self.ema.module, state.get("generator_ema", state["generator"]),
-                                  "generator EMA", path)
-        self.step, self._epoch, self._position = int(state["step"]), int(state["epoch"]), int(state["position"])
-        self.wandb_run_id = str(state.get("wandb_run_id", ""))
+        checkpoint.check_compatible(state, cfg, path)
+        checkpoint.restore(self.parts, state, path)
+        changes = checkpoint.apply_optimizer_config((self.opt_g, self.opt_c), cfg, state, self.world.world_size)
+        self.step, self.wandb_run_id = int(state["step"]), str(state.get("wandb_run_id", ""))
         if self.world.is_main:
-            print(f"resuming from {path} (step {self.step})", flush=True)
+            print(f"resuming from {path} (step {self.step})" + (f"; changed: {', '.join(changes)}" if changes else ""),
+                  flush=True)
+        return checkpoint.data_position(state)
 
     def _warn(self, message: str) -> None:
         if self.world.is_main:
@@ -172,26 +190,24 @@ class Trainer:
         """Train to train.steps. Returns "finished", or "stopped" after a signal (the stop
         step is saved; `self.preemption.name` says which signal)."""
         cfg, world = self.cfg, self.world
-        if world.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.run_dir / ".config.yaml.tmp"
-            tmp.write_text(dump(cfg))
-            tmp.replace(self.run_dir / "config.yaml")
         self.tracker = Tracker(cfg, world.is_main, resume_step=self.step, run_id=self.wandb_run_id)
         self.wandb_run_id = self.tracker.run_id or self.wandb_run_id
         self.sample_z, self.sample_onehot, self.sample_nrow = sampling.fixed_inputs(
             cfg.model.z_dim, self.num_classes, cfg.seed)
-        self.preemption = Preemption().install()
+        own = not self.preemption.installed  # the CLI installs it earlier, before start-up
+        if own:
+            self.preemption.install()
         try:
             return self._loop()
         finally:
-            self.preemption.uninstall()
+            if own:
+                self.preemption.uninstall()
             self.tracker.close()
 
     def _loop(self) -> str:
         cfg, world = self.cfg, self.world
         if self.step >= cfg.train.steps:
-            self.tracker.info(f"nothing to do: {self.run_dir} is at step {self.step} (train.steps={cfg.train.steps})")
+            self.tracker.info(f"nothing to do: {self.run_dir.path} is at step {self.step} (train.steps={cfg.train.steps})")
             return "finished"
         self.tracker.info(f"training {cfg.model.kind}/{cfg.loss.kind} on {cfg.data.name}: steps {self.step}->"
                           f"{cfg.train.steps}, global batch {cfg.train.batch_size} on {world.world_size} rank(s), "
@@ -209,10 +225,9 @@ class Trainer:
             self.tracker.advance()
             self._window_steps += 1
             last = self.step == cfg.train.steps
-            # The one per-step collective: a CPU all-reduce of the signal flag, so every rank
+            # The one per-step collective: a CPU all-reduce of the signal flags, so every rank
             # stops at the same step even when only some ranks received the signal.
-            self.preemption.agree(max_over_ranks(self.preemption.priority, world))
-            stop = self.preemption.requested and not last
+            stop = self.preemption.agree(world) > 0 and not last
             save_now = last or stop or self.step % cfg.train.checkpoint_every == 0
             if save_now or self.step % cfg.train.log_every == 0:
                 self._log_window()
@@ -223,10 +238,18 @@ class Trainer:
             if save_now:
                 self.save_checkpoint()
             if stop:
-                self.tracker.info(f"stopped by {self.preemption.name} at step {self.step} (saved); "
-                                  "the same command resumes from there")
-                return "stopped"
+                return self._stop()
         return "finished"
+
+    def _stop(self) -> str:
+        """Every rank is here at the same step, that step saved. Rank 0 requeues (on USR2)
+        while the others wait, so none exits before the requeue."""
+        self.preemption.agree(self.world)  # one that came in meanwhile counts (USR2 just after TERM)
+        self.tracker.info(f"stopped by {self.preemption.name} at step {self.step} (saved); "
+                          "the same command resumes from there")
+        self.deferred_exit = self.preemption.requeue_if_asked(self.world.is_main)
+        barrier(self.world)
+        return "stopped"
 
     def _log_window(self) -> None:
         """Average the stats since the last log over steps and ranks (one all-reduce) and log
@@ -244,7 +267,7 @@ class Trainer:
         # Images through the critic: real + fake per critic update, the fakes of the generator update.
         images = self._window_steps * cfg.train.batch_size * (2 * cfg.loss.n_critic + 1)
         self.tracker.log(self.step, {**dict(zip(names, means)), **self._grad_norms(), "epoch": self.stream.epoch,
-                                     "lr": cfg.optim.lr, "images_per_sec": images / elapsed,
+                                     "lr": self.opt_g.param_groups[0]["lr"], "images_per_sec": images / elapsed,
                                      "step_time": elapsed / self._window_steps})
         self._window.zero_()
         self._window_start, self._window_steps = time.perf_counter(), 0
@@ -267,8 +290,11 @@ class Trainer:
         if not self.world.is_main:
             return
         images = sampling.generate(self.sampler, self.sample_z, self.sample_onehot)
-        path = self.run_dir / "samples" / f"step_{self.step:08d}.png"
-        sampling.save_grid(images, path, self.sample_nrow)
+        path = self.run_dir.samples / f"step_{self.step:08d}.png"
+        try:
+            sampling.save_grid(images, path, self.sample_nrow)
+        except OSError as e:  # a full disk: a grid is not worth stopping for (the checkpoint is)
+            self.tracker.warn(f"could not write {path} ({e.strerror or e})")
         self.tracker.log_image(self.step, "samples", sampling.to_uint8_grid(images, self.sample_nrow))
 
     def evaluate(self) -> dict:
@@ -281,16 +307,18 @@ class Trainer:
         return result
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.state_dict(), "critic": self.critic.state_dict(),
-                "opt_generator": self.opt_g.state_dict(), "opt_critic": self.opt_c.state_dict(),
-                "step": self.step, "epoch": self.stream.epoch, "position": self.stream.position,
-                "config": to_dict(self.cfg), "data_info": dataclasses.asdict(self.info),
-                "wandb_run_id": self.wandb_run_id,
-                **({"generator_ema": self.ema.module.state_dict()} if self.ema is not None else {})}
+        return {**{name: part.state_dict() for name, part in self.parts.items()}, "step": self.step, "epoch": self.stream.epoch, "samples_in_epoch": self.stream.position,
+                "world_size": self.world.world_size, "config": to_dict(self.cfg), "data_info": dataclasses.asdict(self.info),
+                "wandb_run_id": self.wandb_run_id}
 
     def save_checkpoint(self) -> None:
         check_consistency(self.world, self.generator, self.critic)
+        error = None
         if self.world.is_main:
-            path = checkpoint.save(self.run_dir, self.state_dict(), self.cfg.train.keep_checkpoints)
-            self.tracker.info(f"saved {path}")
-        barrier(self.world)
+            try:
+                path = checkpoint.save(self.run_dir.path, self.state_dict(), self.cfg.train.keep_checkpoints)
+                self.run_dir.write_config(dump(self.cfg))  # the settings the saved weights were trained under
+                self.tracker.info(f"saved {path}")
+            except UserError as e:
+                error = str(e)
+        raise_if_any(error, self.world)  # rank 0 could not save: every rank stops here, at once

@@ -18,7 +18,7 @@ from typing import Optional
 
 import submitit
 
-from gan_dist import config
+from gan_dist import cli, config
 from gan_dist.errors import UserError
 
 
@@ -34,9 +34,11 @@ class TrainingJob(submitit.helpers.Checkpointable):
         return (["--config", self.config_file] if self.config_file else []) + self.overrides
 
     def __call__(self) -> int:
-        # MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE from Slurm's variables;
-        # CUDA_VISIBLE_DEVICES per task, so each task sees its GPU as cuda:0.
-        submitit.helpers.TorchDistributedEnvironment().export(overwrite=True)
+        # MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE from Slurm's variables.
+        # CUDA_VISIBLE_DEVICES stays as Slurm set it: submitit would set it to the local rank,
+        # which leaves no GPU visible under per-task binding (each task sees its own as 0).
+        # gan_dist picks cuda:0 when a task sees one GPU, cuda:LOCAL_RANK when it sees the node's.
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         from gan_dist.train import main
 
         code = main(self.argv())
@@ -46,7 +48,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jobs.submit", description=__doc__.split("\n\n")[1])
+    p = cli.ArgumentParser(prog="python -m jobs.submit", description=__doc__.split("\n\n")[1],
+                           error_prefix="jobs.submit")
     p.add_argument("--config", help="YAML config (configs/*.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="gan_dist.train overrides")
     p.add_argument("--nodes", type=int, default=1)
@@ -79,17 +82,44 @@ def _key_values(items: list[str], flag: str) -> dict:
     return out
 
 
+def check_flags(args: argparse.Namespace) -> int:
+    """Every flag checked before anything is submitted or written; returns the world size."""
+    positive = {"--nodes": args.nodes, "--cpus-per-task": args.cpus_per_task, "--timeout-min": args.timeout_min,
+                "--tasks-per-node": args.tasks_per_node if args.tasks_per_node is not None else 1}
+    for flag, value in positive.items():
+        if value < 1:
+            raise UserError(f"{flag}: must be at least 1, got {value}")
+    for flag, value in {"--gpus-per-node": args.gpus_per_node, "--max-requeues": args.max_requeues,
+                        "--signal-delay-s": args.signal_delay_s}.items():
+        if value < 0:
+            raise UserError(f"{flag}: must be >= 0, got {value}")
+    if args.mem_gb is not None and not args.mem_gb > 0:
+        raise UserError(f"--mem-gb: must be positive, got {args.mem_gb}")
+    if args.signal_delay_s >= args.timeout_min * 60:
+        raise UserError(f"--signal-delay-s: {args.signal_delay_s} s is not before the end of a "
+                        f"{args.timeout_min}-minute job (--timeout-min)")
+    if args.gpus_per_node and args.tasks_per_node not in (None, args.gpus_per_node):
+        raise UserError(f"--tasks-per-node {args.tasks_per_node} with --gpus-per-node {args.gpus_per_node}: "
+                        "gan_dist runs one task (rank) per GPU")
+    _key_values(args.slurm, "--slurm")
+    return args.nodes * (args.tasks_per_node or max(args.gpus_per_node, 1))
+
+
 def runs(args: argparse.Namespace) -> list[TrainingJob]:
     """One job per sweep value; each config validated and its run.dir made absolute here."""
+    world_size = check_flags(args)
     variants = [[]]
     if args.sweep:
         key, sep, values = args.sweep.partition("=")
         if not sep or not values:
             raise UserError(f"--sweep {args.sweep!r}: expected KEY=V1,V2,...")
+        if any(not v for v in values.split(",")):
+            raise UserError(f"--sweep {args.sweep!r}: an empty value")
         variants = [[f"{key}={v}"] for v in values.split(",")]
     jobs = []
     for extra in variants:
         cfg = config.load(args.config, args.overrides + extra)
+        config.check_world(cfg, world_size)
         run_dir = Path(cfg.run.dir)
         if extra:  # one directory per value, beside each other
             run_dir = run_dir / extra[0].replace("/", "_")
@@ -109,7 +139,9 @@ def make_executor(args: argparse.Namespace, folder: Path) -> submitit.AutoExecut
     if args.mem_gb:
         params["mem_gb"] = args.mem_gb
     if executor.cluster == "slurm":
-        slurm = dict(slurm_signal_delay_s=args.signal_delay_s,
+        # --cpus-per-task to srun too: since Slurm 22.05 a step does not inherit it from sbatch,
+        # and each task would get (and, bound, be pinned to) one CPU.
+        slurm = dict(slurm_signal_delay_s=args.signal_delay_s, slurm_srun_args=[f"--cpus-per-task={args.cpus_per_task}"],
                      slurm_additional_parameters=_key_values(args.slurm, "--slurm"))
         for key in ("partition", "account", "qos", "constraint"):
             if getattr(args, key):
@@ -142,8 +174,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         submit(argv)
     except UserError as e:
-        print(f"jobs.submit: error: {e}", file=sys.stderr)
-        return 2
+        return cli.print_error(str(e), prefix="jobs.submit")
     return 0
 
 

@@ -116,6 +116,14 @@ def train(args: list[str], world_size: int = 1, **kw) -> list[Proc]:
     return spawn([sys.executable, "-m", "gan_dist.train", *args], world_size, **kw)
 
 
+INJECT = str(Path(__file__).with_name("workers") / "inject.py")
+
+
+def train_injected(args: list[str], world_size: int = 1, env_extra: dict | None = None, **kw) -> list[Proc]:
+    """gan_dist.train with a fault placed by tests/workers/inject.py (see there)."""
+    return spawn([sys.executable, INJECT, *args], world_size, env=dict(base_env(), **(env_extra or {})), **kw)
+
+
 def ok(results: list[Proc]) -> list[Proc]:
     for r in results:
         assert r.rc == 0, f"exit {r.rc}\nstdout:\n{r.out[-3000:]}\nstderr:\n{r.err[-3000:]}"

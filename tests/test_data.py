@@ -1,6 +1,6 @@
 import pytest
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import DistributedSampler, TensorDataset
 
 from gan_dist import config
 from gan_dist.data import BatchStream, ResumableSampler, build_dataset
@@ -53,13 +53,15 @@ def test_batch_larger_than_dataset_is_a_user_error(tmp_path):
                                          "data.image_size=8", "train.batch_size=64"]))
 
 
-def _shards(n: int, world: int, epoch: int) -> list[list[int]]:
+def _shards(n: int, world: int, epoch: int, batch: int = 8, start: int = 0) -> list[list[int]]:
     ds = TensorDataset(torch.arange(n))
     out = []
     for r in range(world):
-        s = ResumableSampler(ds, World(rank=r, world_size=world), seed=0)
+        s = ResumableSampler(ds, World(rank=r, world_size=world), seed=0, batch_size=batch)
         s.set_epoch(epoch)
+        s.start = start
         out.append(list(s))
+        assert len(s) == len(out[-1])
     return out
 
 
@@ -71,6 +73,19 @@ def test_sampler_shards_disjoint_cover_and_reshuffle_per_epoch():
     # rank r holds global positions r, r+W, ... of the 1-rank order (the equivalence principle)
     (one,) = _shards(40, 1, 0)
     assert one[0::2] == e0[0] and one[1::2] == e0[1]
+    # ... which is DistributedSampler's own layout
+    for r in range(2):
+        ref = DistributedSampler(TensorDataset(torch.arange(40)), num_replicas=2, rank=r, seed=0, drop_last=True)
+        assert list(ref) == e0[r]
+
+
+def test_sampler_resumed_mid_epoch_shards_the_rest_for_any_batch_and_world():
+    (one,) = _shards(36, 1, 3, batch=1)  # the epoch's whole order
+    for world, batch, start in [(2, 4, 10), (3, 9, 6), (1, 5, 12), (2, 2, 35)]:
+        shards = _shards(36, world, 3, batch=batch, start=start)
+        full = (36 - start) // batch * batch  # whole global batches left in the epoch
+        rest = [x for row in zip(*shards) for x in row]  # back in global order
+        assert rest == one[start:start + full], (world, batch, start)
 
 
 def _stream(world: World, batch: int = 8, **kw) -> BatchStream:
@@ -82,13 +97,13 @@ def _stream(world: World, batch: int = 8, **kw) -> BatchStream:
 def test_stream_ranks_split_each_global_batch_and_cross_epochs():
     one = _stream(World())
     ranks = [_stream(World(rank=r, world_size=2)) for r in range(2)]
-    assert one.per_epoch == 4  # 36 // 8: the remainder is dropped every epoch, for any W
+    # 36 // 8 = 4 batches an epoch: the remainder is dropped every epoch, for any W
     for _ in range(10):  # 2.5 epochs
         g, _ = one.next()
         parts = [s.next()[0] for s in ranks]
         interleaved = torch.stack(parts, 1).flatten()
         assert torch.equal(interleaved, g)
-    assert (one.epoch, one.position) == (2, 2) == (ranks[0].epoch, ranks[0].position)
+    assert (one.epoch, one.position) == (2, 16) == (ranks[0].epoch, ranks[0].position)  # position in samples
 
 
 def test_stream_resumes_mid_epoch_exactly():
@@ -98,3 +113,21 @@ def test_stream_resumes_mid_epoch_exactly():
     resumed = _stream(World(), epoch=straight.epoch, position=straight.position)
     for _ in range(7):
         assert torch.equal(straight.next()[0], resumed.next()[0])
+
+
+@pytest.mark.parametrize("batch, world", [(4, 2), (12, 2), (8, 1), (16, 4)])
+def test_stream_resumed_with_another_batch_and_world_size_continues_the_epoch(batch, world):
+    # 3 batches of 8 on 1 rank (24 of 36 samples), then resumed as `world` ranks of batch/world:
+    # the rest of the epoch is exactly the samples not yet seen, then the next epoch in full.
+    first = _stream(World(), batch=8)
+    seen = torch.cat([first.next()[0] for _ in range(3)])
+    (epoch0,), (epoch1,) = _shards(36, 1, 0, batch=1), _shards(36, 1, 1, batch=1)
+    assert seen.tolist() == epoch0[:24]
+    ranks = [_stream(World(rank=r, world_size=world), batch=batch, epoch=first.epoch, position=first.position)
+             for r in range(world)]
+    got = []
+    while ranks[0].epoch == 0:
+        got += torch.stack([s.next()[0] for s in ranks], 1).flatten().tolist()
+    assert got == epoch0[24:24 + (36 - 24) // batch * batch]  # nothing replayed, nothing skipped but the tail
+    nxt = torch.stack([s.next()[0] for s in ranks], 1).flatten().tolist()
+    assert nxt == epoch1[:batch]

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from helpers import TINY, latest_ckpt, load_ckpt, ok, one_line_error, train
+from helpers import TINY, latest_ckpt, load_ckpt, ok, one_line_error, train, train_injected
 
 # batch 64: 28 global batches per epoch of the 1,797 digits; 8 steps x 5 critic batches = 40.
 RESUME = TINY + ["train.batch_size=64", "train.checkpoint_every=4"]
@@ -36,7 +36,7 @@ def test_resume_is_bitwise_exact(tmp_path, world_size, extra):
     second = ok(train(args + ["train.steps=8", f"run.dir={tmp_path}/resumed"], world_size))
     assert "resuming from" in second[0].out and "step_00000004.pt" in second[0].out
     a, b = latest_ckpt(tmp_path / "straight"), latest_ckpt(tmp_path / "resumed")
-    assert a["step"] == b["step"] == 8 and (a["epoch"], a["position"]) == (b["epoch"], b["position"])
+    assert a["step"] == b["step"] == 8 and (a["epoch"], a["samples_in_epoch"]) == (b["epoch"], b["samples_in_epoch"])
     for key in ("generator", "critic", "opt_generator", "opt_critic", "generator_ema"):
         _assert_tree_equal(a[key], b[key], key)
     # metrics.jsonl continues without duplicated steps, with the same losses
@@ -51,7 +51,7 @@ def test_checkpoint_contents_and_keep_last_k(tmp_path):
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["step_00000006.pt", "step_00000008.pt"]  # no temporary files left either
     state = load_ckpt(tmp_path / "checkpoints" / names[-1])  # weights_only=True
-    for key in ("generator", "critic", "opt_generator", "opt_critic", "step", "epoch", "position", "config"):
+    for key in ("generator", "critic", "opt_generator", "opt_critic", "step", "epoch", "samples_in_epoch", "config"):
         assert key in state
     assert state["config"]["train"]["steps"] == 8 and state["data_info"]["num_classes"] == 10
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "samples" / "step_00000008.png").is_file()
@@ -101,11 +101,16 @@ def test_incompatible_checkpoint_names_the_key(tmp_path):
 def test_non_finite_loss_stops_every_rank_at_the_same_step(tmp_path):
     ok(train(TINY + ["train.steps=4", f"run.dir={tmp_path}"], world_size=2))
     digest = _digest(tmp_path / "checkpoints" / "step_00000004.pt")
-    results = train(TINY + ["train.steps=8", "loss.gp_lambda=.nan", f"run.dir={tmp_path}"], world_size=2)
+    config_yaml = (tmp_path / "config.yaml").read_text()
+    # resumed with another lr; the critic's weights turn NaN before step 5 (a real NaN through the loop)
+    results = train_injected(TINY + ["train.steps=8", "optim.lr=5e-5", f"run.dir={tmp_path}"], world_size=2,
+                             env_extra={"GAN_DIST_TEST_NAN_AT": "5"})
     for r in results:
         one_line_error(r, "not finite at step 5")
     assert _digest(tmp_path / "checkpoints" / "step_00000004.pt") == digest
     assert not (tmp_path / "checkpoints" / "step_00000008.pt").exists()
+    # config.yaml keeps the settings of the saved checkpoints, not the rejected run's
+    assert (tmp_path / "config.yaml").read_text() == config_yaml and "lr: 0.0001" in config_yaml
 
 
 def test_resume_after_a_kill_mid_metrics_write(tmp_path):

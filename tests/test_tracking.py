@@ -29,7 +29,7 @@ def test_offline_wandb_history_holds_the_metrics_and_sample_grids(tmp_path):
     args = TINY + ["train.steps=4", "train.sample_every=2", "wandb.mode=offline", "wandb.name=probe",
                    "wandb.tags=[ci,digits]", f"run.dir={tmp_path}/run"]
     results = ok(train(args, world_size=2, env=env))
-    pieces = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    pieces = sorted((tmp_path / "wandb").glob("offline-run-*"))  # WANDB_DIR (conftest)
     assert len(pieces) == 1  # rank 0 only
     rows = _history(pieces[0])
     assert [r["_step"] for r in rows] == [2, 4]
@@ -51,7 +51,7 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path):
     run_id = latest_ckpt(tmp_path / "run")["wandb_run_id"]
     ok(train(args + ["train.steps=8"], env=base_env(tmp_path)))
     assert latest_ckpt(tmp_path / "run")["wandb_run_id"] == run_id
-    pieces = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    pieces = sorted((tmp_path / "wandb").glob("offline-run-*"))  # WANDB_DIR (conftest)
     # wandb cannot resume an offline run: a second piece with the SAME id, steps continuing
     assert len(pieces) == 2 and all(p.name.endswith(run_id) for p in pieces)
     steps = [r["_step"] for p in pieces for r in _history(p)]

@@ -51,8 +51,15 @@ def test_default_run_needs_no_configs_folder(tmp_path):
 
 
 def test_wandb_offline_run_on_rank_0_only_and_id_kept_in_checkpoint(tmp_path):
-    ok(train(TINY + ["train.steps=4", "wandb.mode=offline", f"run.dir={tmp_path}/run"], world_size=2))
-    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1  # one run: rank 0's
+    # WANDB_DIR is honoured (clusters set it to keep wandb's files off a small home or NFS) ...
+    env = dict(base_env(), WANDB_DIR=str(tmp_path / "elsewhere"))
+    (tmp_path / "elsewhere").mkdir()
+    ok(train(TINY + ["train.steps=4", "wandb.mode=offline", f"run.dir={tmp_path}/run"], world_size=2, env=env))
+    runs = list((tmp_path / "elsewhere" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and not (tmp_path / "run" / "wandb").exists()  # one run: rank 0's
     run_id = latest_ckpt(tmp_path / "run")["wandb_run_id"]
     assert run_id and runs[0].name.endswith(run_id) and list(runs[0].glob("*.wandb"))
+    # ... and without it, wandb's files go into the run directory
+    env.pop("WANDB_DIR")
+    ok(train(TINY + ["train.steps=2", "wandb.mode=offline", f"run.dir={tmp_path}/run2"], env=env))
+    assert len(list((tmp_path / "run2" / "wandb").glob("offline-run-*"))) == 1

@@ -1,0 +1,83 @@
+"""`python tests/workers/inject.py [gan_dist.train args]`: the real CLI, real ranks and real
+collectives, with one fault placed exactly where a test needs it (chosen by environment):
+
+GAN_DIST_TEST_SIGNAL_IN_AGREE=K:R1,R2  ranks R1, R2 send themselves SIGUSR2 from INSIDE the
+    K-th signal agreement (after the local flag was read, before the all-reduce runs): the
+    race that lost signals, made deterministic.
+GAN_DIST_TEST_NAN_AT=K                 the critic's weights turn NaN before step K (1-based)
+GAN_DIST_TEST_RECORD=DIR               each rank appends to DIR/rank{r}.txt what it did:
+    "download" for each Fashion-MNIST download it ran (a fake one: writes IDX files after
+    a second, so two concurrent downloads would overlap), "real N" for the real images it
+    loaded for the evaluation's reference statistics.
+"""
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for helpers
+
+RANK = int(os.environ.get("RANK", "0"))
+
+
+def record(line: str) -> None:
+    with open(Path(os.environ["GAN_DIST_TEST_RECORD"]) / f"rank{RANK}.txt", "a") as f:
+        f.write(line + "\n")
+
+
+if os.environ.get("GAN_DIST_TEST_SIGNAL_IN_AGREE"):
+    step, ranks = os.environ["GAN_DIST_TEST_SIGNAL_IN_AGREE"].split(":")
+    calls = {"n": 0}
+    all_reduce = dist.all_reduce
+
+    def all_reduce_with_signal(tensor, op=dist.ReduceOp.SUM, group=None, async_op=False):
+        # The agreement is the only MAX all-reduce of one int64 (old code and new alike).
+        if op == dist.ReduceOp.MAX and tensor.dtype == torch.int64 and tensor.numel() == 1:
+            calls["n"] += 1
+            if calls["n"] == int(step) and str(RANK) in ranks.split(","):
+                os.kill(os.getpid(), signal.SIGUSR2)  # its handler runs before the next line
+        return all_reduce(tensor, op=op, group=group, async_op=async_op)
+
+    dist.all_reduce = all_reduce_with_signal
+
+if os.environ.get("GAN_DIST_TEST_NAN_AT"):
+    from gan_dist.trainer import Trainer
+
+    train_step = Trainer.train_step
+
+    def poisoned_step(self, step):
+        if step + 1 == int(os.environ["GAN_DIST_TEST_NAN_AT"]):
+            with torch.no_grad():
+                next(self.critic.parameters()).fill_(float("nan"))
+        return train_step(self, step)
+
+    Trainer.train_step = poisoned_step
+
+if os.environ.get("GAN_DIST_TEST_RECORD"):
+    from torchvision import datasets
+
+    from gan_dist import data
+    from helpers import write_fashion_mnist
+
+    def fake_download(self):
+        record("download")
+        time.sleep(1.0)
+        write_fashion_mnist(Path(self.root), n=64)
+
+    datasets.FashionMNIST.download = fake_download
+    materialize = data.materialize
+
+    def recording_materialize(dataset, device):
+        record(f"real {len(dataset)}")
+        return materialize(dataset, device)
+
+    data.materialize = recording_materialize
+
+if __name__ == "__main__":
+    from gan_dist.train import main
+
+    sys.exit(main(sys.argv[1:]))
