@@ -88,15 +88,18 @@ def _first_host(nodelist: str) -> str:
                         "(set MASTER_ADDR, or start with torchrun)") from None
 
 
-GPU_VARIABLES = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_TASK",
-                 "SLURM_GPUS_PER_NODE", "SLURM_GPUS")
+GPU_INDICES = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS")  # lists of GPU indices: "0" is GPU 0
+GPU_COUNTS = ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_TASK", "SLURM_GPUS_PER_NODE", "SLURM_GPUS")  # "4", "a100:4"
 
 
-def _allocated_gpus(env: dict) -> str:
+def _allocated_gpus(env) -> str:
     """"NAME=value" of the first Slurm variable saying GPUs were allocated to this job, or ""."""
-    for name in GPU_VARIABLES:
+    for name in GPU_INDICES + GPU_COUNTS:
         value = env.get(name, "").strip()
-        if value and value not in ("0", "(null)", "N/A", "none"):
+        if value in ("", "(null)", "N/A", "none"):
+            continue
+        count = value.rsplit(":", 1)[-1]
+        if name in GPU_INDICES or (count.isdigit() and int(count) > 0):
             return f"{name}={value}"
     return ""
 
@@ -169,6 +172,20 @@ def setup(world: World, threads: Optional[int], timeout_s: float = 600.0) -> Wor
                                 timeout=timeout)
         world.cpu_group = dist.new_group(backend="gloo") if world.backend == "nccl" else dist.group.WORLD
     return world
+
+
+def wrap(module: torch.nn.Module, world: World) -> torch.nn.Module:
+    """DDP only when there is more than one rank; the single process uses the bare module.
+    forward_sync_buffers only for SyncBatchNorm: plain BatchNorm running stats only matter in
+    eval, and broadcasting them between several forwards and one backward breaks autograd.
+    Never static_graph=True: with the penalty's double backward it silently desynchronizes."""
+    if not world.distributed:
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    sync_bn = any(isinstance(m, torch.nn.SyncBatchNorm) for m in module.modules())
+    return DDP(module, device_ids=[world.device.index] if world.device.type == "cuda" else None,
+               forward_sync_buffers=sync_bn)
 
 
 def teardown(clean: bool = True) -> None:

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Any, Optional
 
 from gan_dist.distributed import World, max_over_ranks
@@ -25,11 +26,13 @@ SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 # Agreement across ranks takes the highest priority seen anywhere (a MAX all-reduce).
 PRIORITY = {0: 0, signal.SIGINT: 1, signal.SIGTERM: 2, signal.SIGUSR2: 3}
 BY_PRIORITY = {v: k for k, v in PRIORITY.items()}
+SETTLE_S = 1.0
 
 
 class Preemption:
     def __init__(self) -> None:
         self.signum = 0
+        self.requeued = False
         self._previous: dict[int, Any] = {}
 
     @property
@@ -71,6 +74,14 @@ class Preemption:
         self._raise_to(agreed)
         return agreed
 
+    def settle(self, world: World) -> None:
+        """At a stop on SIGTERM inside a Slurm job: wait a moment and agree again. Slurm's
+        preemption sends USR2 and TERM milliseconds apart (submitit's test interrupt TERM
+        first), and only USR2 means "requeue me": acting on TERM alone would end the job."""
+        if self.signum == signal.SIGTERM and os.environ.get("SLURM_JOB_ID"):
+            time.sleep(SETTLE_S)
+            self.agree(world)
+
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else ""
@@ -80,8 +91,9 @@ class Preemption:
         --kill-on-bad-exit cannot end rank 0 before it requeues): requeue on USR2, rank 0
         only, as submitit does. Returns what submitit's handler raised (its exit after a
         requeue, or its "not requeued" error), to be raised once the process group is gone."""
-        if self.signum != signal.SIGUSR2 or not is_main:
+        if self.signum != signal.SIGUSR2 or not is_main or self.requeued:
             return None
+        self.requeued = True
         previous = self._previous.get(signal.SIGUSR2)
         if callable(previous):  # submitit's checkpoint_and_try_requeue: requeues, then sys.exit
             try:

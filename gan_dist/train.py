@@ -34,11 +34,16 @@ def run(cfg: config.Config) -> int:
     # Signals are caught from here on: one that arrives while the ranks meet or the data
     # loads is acted on at the first step boundary, not lost (nor fatal, as USR2 is by default).
     preemption = Preemption().install()
-    trainer = None
+    trainer = late = None
     try:
         distributed.setup(world, cfg.train.threads)
         trainer = Trainer(cfg, world, preemption=preemption)
         status = trainer.fit()
+        trainer.close()
+        distributed.teardown()
+        # Rank 0 requeued before the others left; a USR2 that landed only after that still
+        # requeues (the handler stays installed until here, so it is not fatal either).
+        late = preemption.requeue_if_asked(world.is_main) if status == "stopped" else None
     except BaseException:
         if trainer is not None:
             trainer.close()
@@ -46,10 +51,8 @@ def run(cfg: config.Config) -> int:
         raise
     finally:
         preemption.uninstall()
-    trainer.close()
-    distributed.teardown()
-    if trainer.deferred_exit is not None:  # submitit's exit after its requeue (rank 0)
-        raise trainer.deferred_exit
+    if trainer.deferred_exit or late:  # submitit's exit after its requeue (rank 0)
+        raise trainer.deferred_exit or late
     return 0 if status == "finished" else 128 + preemption.signum
 
 

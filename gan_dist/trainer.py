@@ -14,10 +14,9 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import Dataset
 
-from gan_dist import checkpoint, evaluation, sampling
+from gan_dist import checkpoint, distributed, evaluation, sampling
 from gan_dist.config import Config, dump, to_dict
 from gan_dist.data import BatchStream, DataInfo, build_dataset
 from gan_dist.distributed import World, all_reduce_mean, barrier, check_consistency, raise_if_any
@@ -84,17 +83,8 @@ class Trainer:
         epoch, position = self._resume()
         self.stream = BatchStream(dataset, cfg, world, epoch=epoch, position=position)
 
-        # DDP only when there is more than one rank; the single process uses the bare modules.
-        # Generator: forward_sync_buffers=False (BatchNorm running stats only matter in eval, and
-        # broadcasting them between several forwards and one backward breaks autograd).
-        # Never static_graph=True: with the penalty's double backward it silently desynchronizes.
-        if world.distributed:
-            ids = [world.device.index] if world.device.type == "cuda" else None
-            sync_bn = any(isinstance(m, torch.nn.SyncBatchNorm) for m in self.generator.modules())
-            self.generator_ddp = DDP(self.generator, device_ids=ids, forward_sync_buffers=sync_bn)
-            self.critic_ddp = DDP(self.critic, device_ids=ids)
-        else:
-            self.generator_ddp, self.critic_ddp = self.generator, self.critic
+        self.generator_ddp = distributed.wrap(self.generator, world)
+        self.critic_ddp = distributed.wrap(self.critic, world)
         if cfg.train.compile:
             # The penalty's double backward does not go through torch.compile (README), so a
             # WGAN-GP critic stays eager; the generator and a BCE critic are compiled.
@@ -244,7 +234,8 @@ class Trainer:
     def _stop(self) -> str:
         """Every rank is here at the same step, that step saved. Rank 0 requeues (on USR2)
         while the others wait, so none exits before the requeue."""
-        self.preemption.agree(self.world)  # one that came in meanwhile counts (USR2 just after TERM)
+        self.preemption.agree(self.world)  # one that came in meanwhile counts
+        self.preemption.settle(self.world)  # ... and a USR2 that follows Slurm's TERM
         self.tracker.info(f"stopped by {self.preemption.name} at step {self.step} (saved); "
                           "the same command resumes from there")
         self.deferred_exit = self.preemption.requeue_if_asked(self.world.is_main)

@@ -56,7 +56,7 @@ MpiDefault=none
 MailProg=/bin/true
 # No cgroups needed (containers/gVisor often lack them).
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+TaskPlugin=task/affinity
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 SelectType=select/cons_tres

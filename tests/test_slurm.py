@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY, assert_same_state, latest_ckpt, metrics_rows, ok, train, wait_for
+from helpers import TINY, assert_same_state, base_env, latest_ckpt, metrics_rows, ok, train, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ def test_two_task_job_through_jobs_submit_trains_and_finishes(tmp_path):
 
 @pytest.mark.parametrize("how", ["interrupt", "scontrol_requeue"])
 def test_preempted_job_saves_a_coordinated_step_requeues_and_resumes(tmp_path, how):
-    run, steps = tmp_path / "run", 1500  # long enough that the signal surely lands mid-run
+    run, steps = tmp_path / "run", 400  # the signal lands within a second of the 30th step: mid-run
     job = _submit(ARGS + [f"train.steps={steps}", f"run.dir={run}"])
     log = Path(job.paths.stdout)
     try:
@@ -99,15 +99,19 @@ def test_preempted_job_saves_a_coordinated_step_requeues_and_resumes(tmp_path, h
     assert_same_state(latest_ckpt(run), latest_ckpt(tmp_path / "straight"))
 
 
+def _sbatch(tmp_path, args: list[str], *flags: str) -> tuple[str, Path]:
+    out = tmp_path / "slurm.out"
+    r = subprocess.run(["sbatch", "--parsable", "--gpus-per-node=0", "--time=5", f"--output={out}",
+                        f"--export=ALL,PYTHON={sys.executable}", *flags, str(REPO / "slurm" / "train.sbatch"), *args],
+                       capture_output=True, text=True, timeout=30, cwd=tmp_path, env=base_env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip().split(";")[0], out
+
+
 def test_sbatch_script_runs_a_short_job(tmp_path):
     run = tmp_path / "run"
-    out = tmp_path / "slurm.out"
-    r = subprocess.run(["sbatch", "--parsable", "--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1",
-                        "--time=5", f"--output={out}", f"--export=ALL,PYTHON={sys.executable}",
-                        str(REPO / "slurm" / "train.sbatch"), *ARGS, "train.steps=6", f"run.dir={run}"],
-                       capture_output=True, text=True, timeout=30, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    job_id = r.stdout.strip().split(";")[0]
+    job_id, out = _sbatch(tmp_path, ARGS + ["train.steps=6", f"run.dir={run}"], "--ntasks-per-node=2",
+                          "--cpus-per-task=1")
     try:
         wait_for(lambda: (run / "checkpoints" / "step_00000006.pt").exists() and not _in_queue(job_id),
                  180, f"sbatch job {job_id}")
@@ -115,3 +119,62 @@ def test_sbatch_script_runs_a_short_job(tmp_path):
         _cancel(job_id)
     text = out.read_text()
     assert "2 tasks" in text and "on 2 rank(s)" in text and "saved" in text
+
+
+def test_sbatch_usr2_saves_requeues_before_the_ranks_exit_and_resumes(tmp_path):
+    # --kill-on-bad-exit: the ranks exit 140 after the save; rank 0 must have requeued before.
+    run, steps = tmp_path / "run", 400
+    job_id, out = _sbatch(tmp_path, ARGS + [f"train.steps={steps}", f"run.dir={run}"], "--ntasks-per-node=2",
+                          "--cpus-per-task=1")
+    try:
+        wait_for(lambda: len(metrics_rows(run)) >= 3, 180, "training to log three times")
+        logged_before = metrics_rows(run)[-1]["step"]
+        signalled = time.monotonic()
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=20)  # as --signal=USR2@120 does
+        wait_for(lambda: "resuming from" in out.read_text(), 180, "the requeued job to resume")
+        print(f"\nsbatch USR2: signal -> requeued job resumed in {time.monotonic() - signalled:.1f} s")
+        wait_for(lambda: (run / "checkpoints" / f"step_{steps:08d}.pt").exists() and not _in_queue(job_id),
+                 300, "the resumed job to finish")
+    finally:
+        _cancel(job_id)
+    text = out.read_text()
+    stopped = int(text.split("stopped by SIGUSR2 at step ")[1].split()[0])
+    assert stopped >= logged_before and f"requeued Slurm job {job_id}" in text
+    assert f"checkpoints/step_{stopped:08d}.pt (step {stopped})" in text and "(restart 1)" in text
+    ok(train(ARGS + [f"train.steps={steps}", f"run.dir={tmp_path}/straight"], 2))
+    assert_same_state(latest_ckpt(run), latest_ckpt(tmp_path / "straight"))
+
+
+def test_plain_srun_of_two_tasks_is_one_two_rank_run(tmp_path):
+    # No torchrun, no sbatch script: the ranks come from srun's own variables (before: two
+    # independent rank-0 runs in one directory).
+    run = tmp_path / "run"
+    r = subprocess.run(["srun", "--ntasks=2", "--cpus-per-task=1", "--time=5", sys.executable, "-m", "gan_dist.train",
+                        *ARGS, "train.steps=6", f"run.dir={run}"], capture_output=True, text=True, timeout=240,
+                       cwd=tmp_path, env=base_env(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("training dcgan") == 1 and "on 2 rank(s)" in r.stdout
+    ok(train(ARGS + ["train.steps=6", f"run.dir={tmp_path}/local"], 2))
+    assert_same_state(latest_ckpt(run), latest_ckpt(tmp_path / "local"))
+
+
+def test_a_task_uses_its_cpus_per_task_and_srun_gets_the_flag(tmp_path):
+    # One task with 2 CPUs: 2 threads (the cluster binds tasks: TaskPlugin=task/affinity).
+    run = tmp_path / "run"
+    job_id, out = _sbatch(tmp_path, TINY + ["train.steps=2", f"run.dir={run}", "train.threads=null"],
+                          "--ntasks-per-node=1", "--cpus-per-task=2")
+    try:
+        wait_for(lambda: (run / "checkpoints" / "step_00000002.pt").exists() and not _in_queue(job_id),
+                 180, f"sbatch job {job_id}")
+    finally:
+        _cancel(job_id)
+    assert "on 1 rank(s), 2 thread(s) each" in out.read_text()
+    # submitit's generated batch script passes --cpus-per-task to srun as well
+    job = _submit(ARGS + ["train.steps=2", f"run.dir={tmp_path}/sub"])
+    try:
+        script = Path(job.paths.submission_file).read_text()
+        srun = [ln for ln in script.splitlines() if ln.startswith("srun ")][0]
+        assert "--cpus-per-task=1" in srun, srun
+        wait_for(lambda: not _in_queue(job.job_id), 180, f"job {job.job_id}")
+    finally:
+        _cancel(job.job_id)
