@@ -5,6 +5,7 @@ incompatible config is a one-line error, never a crash inside load_state_dict.""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import shutil
@@ -20,7 +21,7 @@ from gan_dist.distributed import World, broadcast_object, raise_if_any
 from gan_dist.errors import UserError
 
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
-REQUIRED_KEYS = ("generator", "critic", "opt_generator", "opt_critic", "step", "epoch", "config")
+REQUIRED_KEYS = ("generator", "critic", "opt_generator", "opt_critic", "step", "config")
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -105,7 +106,7 @@ def _read(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_latest(run_dir: str | Path, warn: Callable[[str], None] = print) -> Optional[tuple[dict, Path]]:
+def load_latest(run_dir: str | Path, warn: Callable[[str], None] = logging.getLogger("gan_dist").warning) -> Optional[tuple[dict, Path]]:
     """The newest readable checkpoint, or None when the run directory has none."""
     paths = list_checkpoints(run_dir)
     for path in reversed(paths):
@@ -124,7 +125,7 @@ def _describe(e: Exception) -> str:
 
 
 def resume_state(run_dir: str | Path, world: World, wait_s: float,
-                 warn: Callable[[str], None] = print) -> Optional[tuple[dict, Path]]:
+                 warn: Callable[[str], None] = logging.getLogger("gan_dist").warning) -> Optional[tuple[dict, Path]]:
     """What the run resumes from, the same on every rank: rank 0 picks the latest readable
     checkpoint and broadcasts its name and step; every rank loads exactly that file (waiting up
     to wait_s for a shared filesystem to show it) or all stop with one line. Ranks that each
@@ -161,9 +162,9 @@ def resume_state(run_dir: str | Path, world: World, wait_s: float,
     return state, path
 
 
-def data_position(state: dict[str, Any]) -> tuple[int, int]:
-    """(epoch, samples seen in it). Checkpoints written before the position was kept in
-    samples hold it in batches of the batch size they were written with."""
+def _old_data_position(state: dict[str, Any]) -> tuple[int, int]:
+    """(epoch, samples seen in it) of older checkpoints: top-level keys, and before that the
+    position in batches of the batch size they were written with."""
     if "samples_in_epoch" in state:
         return int(state["epoch"]), int(state["samples_in_epoch"])
     return int(state["epoch"]), int(state.get("position", 0)) * int(state["config"]["train"]["batch_size"])
@@ -196,10 +197,10 @@ def read(path: str | Path) -> dict[str, Any]:
 
 
 def check_compatible(state: dict[str, Any], cfg: Config, path: Path) -> None:
-    saved = state["config"]
+    saved, defaults = state["config"], Config()
     for key in ARCHITECTURE_KEYS:
         section, name = key.split(".")
-        old = saved.get(section, {}).get(name)
+        old = saved.get(section, {}).get(name, get(defaults, key))  # a key newer than the checkpoint: its default
         if old != get(cfg, key):
             raise UserError(f"checkpoint {path} was written with {key}={old!r}, this run has "
                             f"{key}={get(cfg, key)!r}: use the same setting or another run.dir")
@@ -214,10 +215,14 @@ def load_state(module: torch.nn.Module, state: dict[str, Any], what: str, path: 
 
 
 def restore(parts: dict[str, Any], state: dict[str, Any], path: Path) -> None:
-    """Load every stateful part (modules, optimizers) from its entry in the checkpoint."""
+    """Load every stateful part (modules, optimizers, the data position) from its entry."""
     for name, part in parts.items():
-        # A checkpoint from a run without EMA starts the EMA from the generator's weights.
-        saved = state.get(name, state["generator"]) if name == "generator_ema" else state[name]
+        if name == "generator_ema":  # a checkpoint from a run without EMA: the generator's weights
+            saved = state.get(name, state["generator"])
+        elif name == "data" and name not in state:  # written before the data position was a part
+            saved = dict(zip(("epoch", "samples_in_epoch"), _old_data_position(state)))
+        else:
+            saved = state[name]
         load_state(part, saved, name.replace("_", " "), path)
 
 

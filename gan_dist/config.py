@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import yaml
 
+from gan_dist import registry
 from gan_dist.errors import UserError
 
 
@@ -28,7 +29,7 @@ class RunConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "digits"          # digits | fashion_mnist | image_folder
+    name: str = "digits"          # digits | fashion_mnist | image_folder | package.module:factory
     root: str = ""                # unused by digits (it ships inside scikit-learn)
     image_size: int = 16
     channels: int = 1             # image_folder only: 1 (grayscale) or 3 (RGB)
@@ -40,23 +41,24 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    kind: str = "dcgan"           # dcgan | mlp
+    kind: str = "dcgan"           # dcgan | mlp | package.module:factory
     conditional: bool = True      # labels as one-hot channels (critic) / concatenated to z (generator)
     z_dim: int = 64
     width: int = 32               # DCGAN base channel count
     hidden: list[int] = field(default_factory=lambda: [1024, 512, 256])  # MLP critic; generator reversed
     norm: str = "batch"           # generator normalization: batch | none
     critic_norm: str = "instance"  # DCGAN critic normalization: instance | none (never batch: GP is per sample)
+    spectral_norm: bool = False   # built-in critics: spectral normalization of every conv/linear layer
     dropout: float = 0.3          # MLP critic
 
 
 @dataclass
 class LossConfig:
-    kind: str = "wgan_gp"         # wgan_gp | bce
-    gp_lambda: float = 10.0
+    kind: str = "wgan_gp"         # wgan_gp | bce | hinge | ns_r1
+    gp_lambda: float = 10.0       # the penalty's weight: WGAN-GP's lambda, R1's gamma (ns_r1)
     n_critic: int = 5
     reuse_batch: bool = False     # the book's loop: one real batch for all n_critic updates
-    gp_every: int = 1             # lazy regularization: the penalty every k critic updates, scaled by k
+    gp_every: int = 1             # lazy regularization: the penalty (GP, R1) every k critic updates, scaled by k
 
 
 @dataclass
@@ -115,12 +117,10 @@ class Config:
 
 
 CHOICES = {
-    "data.name": ("digits", "fashion_mnist", "image_folder"),
     "data.start_method": ("", "fork", "forkserver", "spawn"),
-    "model.kind": ("dcgan", "mlp"),
     "model.norm": ("batch", "none"),
     "model.critic_norm": ("instance", "none"),
-    "loss.kind": ("wgan_gp", "bce"),
+    "loss.kind": ("wgan_gp", "bce", "hinge", "ns_r1"),
     "train.precision": ("fp32", "bf16"),
     "wandb.mode": ("disabled", "offline", "online"),
 }
@@ -129,7 +129,7 @@ CHOICES = {
 # under other values cannot be resumed (checked by checkpoint.load with a clear error).
 ARCHITECTURE_KEYS = (
     "data.name", "data.image_size", "data.channels", "model.kind", "model.conditional",
-    "model.z_dim", "model.width", "model.hidden", "model.norm", "model.critic_norm",
+    "model.z_dim", "model.width", "model.hidden", "model.norm", "model.critic_norm", "model.spectral_norm",
 )
 
 
@@ -254,6 +254,8 @@ def _floats(obj: Any, prefix: str = ""):
 
 def validate(cfg: Config) -> Config:
     """Every check that needs the config alone; check_world adds those that need the world size."""
+    registry.check_spec("model.kind", cfg.model.kind, registry.MODELS)
+    registry.check_spec("data.name", cfg.data.name, registry.DATASETS)
     for key, allowed in CHOICES.items():
         if get(cfg, key) not in allowed:
             raise UserError(f"{key}: unknown choice {get(cfg, key)!r} (choose from {', '.join(map(repr, allowed))})")
@@ -275,7 +277,7 @@ def validate(cfg: Config) -> Config:
     size = cfg.data.image_size
     if cfg.model.kind == "dcgan" and (size < 8 or size & (size - 1)):
         raise UserError(f"data.image_size: the DCGAN needs a power of two >= 8, got {size}")
-    if cfg.data.name != "digits" and not cfg.data.root:
+    if cfg.data.name in ("fashion_mnist", "image_folder") and not cfg.data.root:
         raise UserError(f"data.root: required for data.name={cfg.data.name}")
     return cfg
 
@@ -305,7 +307,12 @@ def load(config_file: Optional[str] = None, overrides: Optional[list[str]] = Non
             raise UserError(f"config file {path}: expected a mapping of settings at the top level")
         for key, value in data.items():
             _set(cfg, str(key), value)
-    for item in overrides or []:
+    return apply_overrides(cfg, overrides or [])
+
+
+def apply_overrides(cfg: Config, overrides) -> Config:
+    """`key=value` items (values parsed as YAML) onto cfg, then validated."""
+    for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise UserError(f"override {item!r}: expected key=value (e.g. train.steps=500)")

@@ -16,11 +16,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from gan_dist.config import Config
-from gan_dist.datasets import DataInfo, build_dataset
-from gan_dist.distributed import World
+from gan_dist.datasets import DataInfo, build_dataset, check_dataset
+from gan_dist.distributed import World, rows
 from gan_dist.errors import UserError
 
-__all__ = ["DataInfo", "build_dataset", "ResumableSampler", "BatchStream", "materialize", "ignore_stop_signals"]
+__all__ = ["DataInfo", "build_dataset", "check_dataset", "ResumableSampler", "BatchStream", "materialize", "ignore_stop_signals"]
 
 # Slurm (preemption, scancel, requeue), torchrun's agent and a terminal's Ctrl-C signal every
 # process of the job, DataLoader workers included. They are the main process's to handle.
@@ -60,7 +60,7 @@ class ResumableSampler(DistributedSampler):
     def __init__(self, dataset: Dataset, world: World, seed: int, batch_size: int):
         super().__init__(dataset, num_replicas=world.world_size, rank=world.rank,
                          shuffle=True, seed=seed, drop_last=True)
-        self.batch_size, self.start = batch_size, 0
+        self.world, self.batch_size, self.start = world, batch_size, 0
 
     def batches_left(self) -> int:
         return (len(self.dataset) - self.start) // self.batch_size
@@ -70,7 +70,7 @@ class ResumableSampler(DistributedSampler):
         g.manual_seed(self.seed + self.epoch)  # as DistributedSampler: the permutation of (seed, epoch)
         perm = torch.randperm(len(self.dataset), generator=g)
         rest = perm[self.start:self.start + self.batches_left() * self.batch_size]
-        return iter(rest[self.rank::self.num_replicas].tolist())
+        return iter(rest[rows(self.world)].tolist())
 
     def __len__(self) -> int:
         return self.batches_left() * self.batch_size // self.num_replicas
@@ -107,13 +107,20 @@ class BatchStream:
             # its own generator: starting an iterator (resume, new epoch) must not draw from
             # the global RNG that dropout uses
             generator=torch.Generator().manual_seed(cfg.seed))
+        self._it = None
+        self.load_state_dict({"epoch": epoch, "samples_in_epoch": position})
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "samples_in_epoch": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        epoch, position = int(state["epoch"]), int(state["samples_in_epoch"])
         if not 0 <= position <= self.size:
-            raise UserError(f"checkpoint: data position {position} is outside the epoch of {self.size} images "
-                            "(was the dataset changed?)")
-        self.epoch, self.position = epoch, position
+            raise ValueError(f"data position {position} is outside the epoch of {self.size} images "
+                             "(was the dataset changed?)")
+        self.epoch, self.position, self._it = epoch, position, None
         if position + self.batch_size > self.size:  # too few samples left for a batch of this size
             self.epoch, self.position = epoch + 1, 0
-        self._it = None
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._it is None:

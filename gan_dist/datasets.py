@@ -9,20 +9,23 @@ stops alone and leaves the others waiting in a collective.
 """
 from __future__ import annotations
 
+import logging
 import os
 import struct
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
 from torchvision import datasets, transforms
 
+from gan_dist import registry
 from gan_dist.config import Config
 from gan_dist.distributed import World, raise_if_any
 from gan_dist.errors import UserError
+
+log = logging.getLogger("gan_dist")
 
 
 @dataclass
@@ -41,7 +44,7 @@ def memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _digits(cfg: Config, world: World) -> tuple[Dataset, DataInfo]:
+def digits(cfg: Config) -> tuple[Dataset, DataInfo]:
     """scikit-learn's bundled handwritten digits: 1,797 real 8x8 images, no download."""
     from sklearn.datasets import load_digits
     from torchvision.transforms.v2 import functional as F
@@ -88,28 +91,16 @@ def check_idx(path: Path, magic: int, dims: int) -> int:
     return shape[0]
 
 
-def _download_once(cfg: Config, world: World) -> None:
-    """data.download=true: global rank 0 downloads while the others wait; then local rank 0 of
-    every other node, which finds the files there when data.root is shared and fetches them
-    when it is node-local. Never two processes writing one folder."""
-    for turn in ("first", "others"):
-        error = None
-        mine = world.rank == 0 if turn == "first" else (world.local_rank == 0 and world.rank != 0)
-        if mine:
-            try:
-                datasets.FashionMNIST(cfg.data.root, train=True, download=True)
-            except Exception as e:  # URLError, socket timeouts, torchvision's RuntimeError, checksum...
-                error = (f"data.download: could not download Fashion-MNIST into {cfg.data.root} "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
-        raise_if_any(error, world)  # also the barrier between the turns
-
-
-def _fashion_mnist(cfg: Config, world: World) -> tuple[Dataset, DataInfo]:
+def fashion_mnist(cfg: Config) -> tuple[Dataset, DataInfo]:
     size = cfg.data.image_size
     tf = ([transforms.Resize(size, antialias=True)] if size != 28 else []) + _to_unit_range(1)
     root = Path(cfg.data.root)
-    if cfg.data.download:
-        _download_once(cfg, world)
+    if cfg.data.download:  # build_dataset runs this on rank 0 first: one download per folder
+        try:
+            datasets.FashionMNIST(str(root), train=True, download=True)
+        except Exception as e:  # URLError, socket timeouts, torchvision's RuntimeError, checksum...
+            raise UserError(f"data.download: could not download Fashion-MNIST into {root} "
+                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     elif not root.is_dir():
         raise UserError(f"data.root: {root} does not exist (set data.download=true to fetch Fashion-MNIST)")
     raw = root / "FashionMNIST" / "raw"
@@ -150,12 +141,11 @@ class SkippingImageFolder(datasets.ImageFolder):
     def _warn(self, path: str, error: Exception) -> None:
         if path not in self._warned:
             self._warned.add(path)
-            print(f"gan_dist: warning: skipping unreadable image {path} ({type(error).__name__}: "
-                  f"{str(error).splitlines()[0] if str(error) else ''}); the next image takes its place",
-                  file=sys.stderr, flush=True)
+            log.warning("skipping unreadable image %s (%s: %s); the next image takes its place", path,
+                        type(error).__name__, str(error).splitlines()[0] if str(error) else "")
 
 
-def _image_folder(cfg: Config, world: World) -> tuple[Dataset, DataInfo]:
+def image_folder(cfg: Config) -> tuple[Dataset, DataInfo]:
     """One subfolder per class (the book's glasses/G and glasses/NoG)."""
     root = Path(cfg.data.root)
     if not root.is_dir():
@@ -170,11 +160,52 @@ def _image_folder(cfg: Config, world: World) -> tuple[Dataset, DataInfo]:
     return ds, DataInfo(len(ds.classes), c, size)
 
 
-def build_dataset(cfg: Config, world: Optional[World] = None) -> tuple[Dataset, DataInfo]:
+def build_dataset(cfg: Config, world: Optional[World] = None, factory: Optional[Callable] = None
+                  ) -> tuple[Dataset, DataInfo]:
+    """(dataset, DataInfo) from data.name's factory, checked. The factory runs on global rank 0
+    first (it may download or write a cache into data.root), then on one rank of every other
+    node (which finds the files when data.root is shared, and makes them when it is
+    node-local), then on the rest: never two processes writing one folder."""
     world = world or World()
-    builder = {"digits": _digits, "fashion_mnist": _fashion_mnist, "image_folder": _image_folder}
-    ds, info = builder[cfg.data.name](cfg, world)
+    factory = factory or registry.dataset_factory(cfg.data.name)
+    result = None
+    for mine in (world.rank == 0, world.local_rank == 0 and world.rank != 0, world.local_rank != 0):
+        error = None
+        if mine:
+            try:
+                result = check_dataset(factory(cfg), cfg)
+            except UserError as e:
+                error = str(e)
+            except Exception as e:  # a user's factory: its traceback here, one line on every rank
+                log.exception("the dataset factory %s failed", cfg.data.name)
+                error = f"data.name={cfg.data.name}: the factory raised {type(e).__name__}: {e}"
+        raise_if_any(error, world)  # also the barrier between the turns
+    return result
+
+
+def check_dataset(result, cfg: Config) -> tuple[Dataset, DataInfo]:
+    """The dataset contract: (dataset, DataInfo); dataset[i] = (image [C, H, W] in [-1, 1],
+    label int in [0, num_classes)); at least one global batch of items."""
+    who = f"data.name={cfg.data.name}"
+    if not (isinstance(result, (tuple, list)) and len(result) == 2):
+        raise UserError(f"{who}: the factory must return (dataset, DataInfo), got {type(result).__name__}")
+    ds, info = result
+    if isinstance(info, dict):
+        info = DataInfo(**info)
+    if not isinstance(info, DataInfo):
+        raise UserError(f"{who}: the factory's second value must be a DataInfo(num_classes, channels, image_size)")
     if len(ds) < cfg.train.batch_size:
         raise UserError(f"train.batch_size: {cfg.train.batch_size} is larger than the dataset "
                         f"({len(ds)} images in {cfg.data.name})")
+    item = ds[0]
+    image, label = item if isinstance(item, (tuple, list)) and len(item) == 2 else (item, None)
+    want = (info.channels, info.image_size, info.image_size)
+    if not isinstance(image, torch.Tensor) or tuple(image.shape) != want:
+        raise UserError(f"{who}: dataset[0] must be (image {list(want)}, label) as its DataInfo says; got "
+                        f"{list(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}")
+    if image.min() < -1.0 - 1e-3 or image.max() > 1.0 + 1e-3:
+        raise UserError(f"{who}: images must be in [-1, 1], dataset[0] has values in "
+                        f"[{image.min().item():.3g}, {image.max().item():.3g}]")
+    if not isinstance(label, (int, torch.Tensor)) or not 0 <= int(label) < max(info.num_classes, 1):
+        raise UserError(f"{who}: dataset[0]'s label must be an int in [0, {max(info.num_classes, 1)}), got {label!r}")
     return ds, info

@@ -188,6 +188,52 @@ def wrap(module: torch.nn.Module, world: World) -> torch.nn.Module:
                forward_sync_buffers=sync_bn)
 
 
+def initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def adopt(world: World) -> World:
+    """Use a process group the caller already made (gan_dist.fit inside a user's script)."""
+    if world.device.type == "cuda":
+        torch.cuda.set_device(world.device)
+    if world.distributed:
+        if dist.get_world_size() != world.world_size or dist.get_rank() != world.rank:
+            raise UserError(f"the process group has rank {dist.get_rank()} of {dist.get_world_size()}, the "
+                            f"environment says {world.rank} of {world.world_size}")
+        world.cpu_group = dist.new_group(backend="gloo") if dist.get_backend() == "nccl" else dist.group.WORLD
+    return world
+
+
+def rows(world: World) -> slice:
+    """THE row rule: of every global batch (or set of samples), rank r of W holds rows
+    r, r+W, r+2W, ... -- DistributedSampler's layout, and what makes W ranks compute what one
+    process computes."""
+    return slice(world.rank, None, world.world_size)
+
+
+def gather_rows(local: torch.Tensor, total: int, world: World) -> torch.Tensor:
+    """Rows r, r+W, ... held by rank r -> all `total` rows in global order, on every rank.
+    Shares differ by at most one row: pad to equal size for all_gather, drop the padding."""
+    if not world.distributed:
+        return local
+    share = -(-total // world.world_size)
+    padded = torch.zeros((share, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    padded[:len(local)] = local
+    parts = [torch.empty_like(padded) for _ in range(world.world_size)]
+    # device tensors over the default group (nccl on GPU), CPU tensors over the gloo group
+    dist.all_gather(parts, padded, group=None if local.is_cuda else world.cpu_group)
+    return torch.stack(parts, 1).flatten(0, 1)[:total]  # row l*W + r = parts[r][l]
+
+
+def broadcast_module(module: torch.nn.Module, world: World) -> None:
+    """Rank 0's parameters and buffers on every rank (a start from identical weights even
+    when a model factory draws from an RNG that the seed does not reach)."""
+    if world.distributed:
+        for t in list(module.parameters()) + list(module.buffers()):
+            data = t.detach()
+            dist.broadcast(data, src=0, group=None if data.is_cuda else world.cpu_group)
+
+
 def teardown(clean: bool = True) -> None:
     """Leave the process group. After a clean finish the ranks meet first, so none tears its
     connections down while a peer still uses them (gloo aborts the peer otherwise)."""

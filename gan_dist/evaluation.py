@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from gan_dist.digits_classifier import default_path
-from gan_dist.distributed import World
+from gan_dist.distributed import World, gather_rows, rows
 from gan_dist.errors import UserError
 from gan_dist.seeding import seeded_generator
 
@@ -153,20 +153,6 @@ def load_feature_network(spec: str, device, image_size: int = 16) -> FeatureNet:
                     "(expected inception:PATH, torchscript:PATH, digits or digits:PATH)")
 
 
-def _gather_rows(local: torch.Tensor, total: int, world: World) -> torch.Tensor:
-    """Rows r, r+W, ... held by rank r -> all `total` rows in global order, on every rank.
-    Shares differ by at most one row: pad to equal size for all_gather, drop the padding."""
-    if not world.distributed:
-        return local
-    share = -(-total // world.world_size)
-    padded = torch.zeros((share, *local.shape[1:]), dtype=local.dtype, device=local.device)
-    padded[:len(local)] = local
-    parts = [torch.empty_like(padded) for _ in range(world.world_size)]
-    # device tensors over the default group (nccl on GPU), CPU tensors over the gloo group
-    dist.all_gather(parts, padded, group=None if local.is_cuda else world.cpu_group)
-    return torch.stack(parts, 1).flatten(0, 1)[:total]  # row l*W + r = parts[r][l]
-
-
 @torch.no_grad()
 def _batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch: int, device) -> torch.Tensor:
     return torch.cat([fn(images[i:i + batch].to(device).float()).float() for i in range(0, len(images), batch)])
@@ -179,7 +165,7 @@ def real_statistics(feature_net: FeatureNet, real_images: torch.Tensor, world: W
                     batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """(mu, sigma) of the real images' features, every rank given ALL of them; see share_statistics."""
     total = len(real_images)
-    return share_statistics(feature_net, real_images[world.rank::world.world_size], total, world, device, batch)
+    return share_statistics(feature_net, real_images[rows(world)], total, world, device, batch)
 
 
 def share_statistics(feature_net: FeatureNet, share: torch.Tensor, total: int, world: World, device,
@@ -189,7 +175,7 @@ def share_statistics(feature_net: FeatureNet, share: torch.Tensor, total: int, w
     evaluate(real_stats=...): the real set does not change."""
     if total < max(2, world.world_size):
         raise UserError(f"evaluation: {total} real images are too few for {world.world_size} rank(s)")
-    feats = _gather_rows(_batched(feature_net.features, share, batch, device), total, world)
+    feats = gather_rows(_batched(feature_net.features, share, batch, device), total, world)
     return feature_stats(feats)
 
 
@@ -202,7 +188,7 @@ def prepare(spec: str, dataset, world: World, device, image_size: int):
 
     feature_net = load_feature_network(spec, device, image_size=image_size)
     total = min(len(dataset), REAL_IMAGES)
-    share = materialize(Subset(dataset, range(world.rank, total, world.world_size)), torch.device("cpu"))[0]
+    share = materialize(Subset(dataset, range(total)[rows(world)]), torch.device("cpu"))[0]
     return feature_net, share_statistics(feature_net, share, total, world, device)
 
 
@@ -221,8 +207,7 @@ def evaluate(generator: torch.nn.Module, feature_net: FeatureNet, real_images: O
     g = seeded_generator(seed, "eval")
     z = torch.randn(num_samples, z_dim, generator=g)
     labels = torch.randint(max(num_classes, 1), (num_samples,), generator=g)
-    rows = slice(world.rank, num_samples, world.world_size)
-    z, labels = z[rows], labels[rows]
+    z, labels = z[rows(world)], labels[rows(world)]
     onehot = F.one_hot(labels, num_classes).float() if num_classes else None
     scored = bool(num_classes) and feature_net.logits is not None
     feats, correct = [], torch.zeros(1, dtype=torch.float64)
@@ -237,7 +222,7 @@ def evaluate(generator: torch.nn.Module, feature_net: FeatureNet, real_images: O
                 correct += (feature_net.logits(images).argmax(1).cpu() == labels[i:i + batch]).sum()
     finally:
         generator.train(was_training)
-    fid = frechet_distance(*feature_stats(_gather_rows(torch.cat(feats), num_samples, world)), *real_stats)
+    fid = frechet_distance(*feature_stats(gather_rows(torch.cat(feats), num_samples, world)), *real_stats)
     if scored and world.distributed:
         dist.all_reduce(correct, group=world.cpu_group)  # counts, not shares: exact for any split
     return {"fid": fid, "cond_acc": float(correct.item()) / num_samples if scored else None}

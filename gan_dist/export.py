@@ -1,4 +1,5 @@
-"""`python -m gan_dist.export SOURCE --out FILE.pt [--pt2]`
+"""The generator out of a run: TorchScript / torch.export files, and loading any of them back
+(`python -m gan_dist.export SOURCE --out FILE.pt [--pt2]`, command line in cli/export.py).
 
 Writes the generator as TorchScript (the book's format: `torch.jit.load(FILE)` needs no
 gan_dist) and FILE.json beside it (z_dim, num_classes, image_size, channels). forward takes
@@ -10,27 +11,34 @@ directory (its latest checkpoint) or a checkpoint file.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import warnings
+import zipfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
-from gan_dist import checkpoint, cli, config
+from gan_dist import checkpoint, config, sampling
 from gan_dist.errors import UserError
 from gan_dist.models import build_models
+from gan_dist.run_dir import RunDir
+
+log = logging.getLogger("gan_dist")
+Generate = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
 
-def load_generator(source: str | Path, ema: bool = True) -> tuple[nn.Module, dict]:
+def load_generator(source: str | Path, ema: bool = True, models: Optional[Callable] = None) -> tuple[nn.Module, dict]:
     """(generator in eval mode on CPU, metadata) from a run directory or a checkpoint file;
-    the EMA generator when the checkpoint has one, unless ema=False."""
+    the EMA generator when the checkpoint has one, unless ema=False. The generator is rebuilt
+    by the checkpoint's model.kind, or by `models` (a factory) when given."""
     source = Path(source)
     if source.is_dir():
         found = checkpoint.load_latest(source)
         if found is None:
-            raise UserError(f"{source}: no checkpoint in {checkpoint.checkpoint_dir(source)}")
+            raise UserError(f"{source}: no checkpoint in {RunDir(source).checkpoints}")
         state, path = found
     else:
         state, path = checkpoint.read(source), source
@@ -39,11 +47,15 @@ def load_generator(source: str | Path, ema: bool = True) -> tuple[nn.Module, dic
     except UserError as e:
         raise UserError(f"checkpoint {path}: its config does not load ({e})") from None
     info = checkpoint.data_info(state, cfg, path)
-    generator, _ = build_models(cfg, info)
+    try:
+        generator, _ = build_models(cfg, info, models)
+    except UserError as e:
+        raise UserError(f"checkpoint {path}: cannot rebuild its generator ({e}); a factory defined in a launch "
+                        "script cannot be imported: pass it as models=, or move it into a module") from None
     use_ema = ema and "generator_ema" in state
     checkpoint.load_state(generator, state["generator_ema" if use_ema else "generator"], "generator", path)
     meta = {"ema": use_ema, "z_dim": generator.z_dim, "num_classes": generator.num_classes,
-            "image_size": generator.image_size, "channels": generator.channels,
+            "image_size": info.image_size, "channels": info.channels,
             "step": int(state["step"]), "model": cfg.model.kind, "loss": cfg.loss.kind}
     return generator.eval(), meta
 
@@ -66,18 +78,35 @@ class UnconditionalGenerator(nn.Module):
         return self.generator(z, None)
 
 
-def export(source: str | Path, out: str | Path, pt2: bool = False, ema: bool = True) -> dict:
-    generator, meta = load_generator(source, ema)
+def _torchscript(wrapped: nn.Module, example: tuple) -> torch.jit.ScriptModule:
+    """torch.jit.script, the book's format; a user's generator that does not script is traced
+    (its Python control flow frozen at the example's)."""
+    with warnings.catch_warnings():  # torch.jit is deprecated in torch 2.14 but still the book's format
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, torch.jit.TracerWarning))
+        try:
+            return torch.jit.script(wrapped)
+        except Exception as e:
+            scripting = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            try:
+                traced = torch.jit.trace(wrapped, example)
+            except Exception:
+                raise UserError(f"export: the generator neither scripts nor traces ({scripting})") from None
+            log.warning("the generator does not script (%s): exported by tracing", scripting)
+            return traced
+
+
+def export(source: str | Path, out: str | Path, pt2: bool = False, ema: bool = True,
+           models: Optional[Callable] = None) -> dict:
+    generator, meta = load_generator(source, ema, models)
     wrapped = (ConditionalGenerator if meta["num_classes"] else UnconditionalGenerator)(generator).eval()
+    z = torch.randn(2, meta["z_dim"])
+    args = (z, torch.eye(meta["num_classes"])[:2] if meta["num_classes"] > 1 else torch.ones(2, 1)) \
+        if meta["num_classes"] else (z,)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # torch.jit is deprecated in torch 2.14 but still the book's format
-        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
-        torch.jit.script(wrapped).save(str(out))
+    _torchscript(wrapped, args).save(str(out))
     files = [str(out)]
     if pt2:
-        z = torch.randn(2, meta["z_dim"])
-        args = (z, torch.eye(meta["num_classes"])[:2]) if meta["num_classes"] else (z,)
         batch = torch.export.Dim("batch", min=1)
         shapes = tuple({0: batch} for _ in args)
         program = torch.export.export(wrapped, args, dynamic_shapes=shapes)
@@ -88,21 +117,44 @@ def export(source: str | Path, out: str | Path, pt2: bool = False, ema: bool = T
     return {**meta, "files": files + [str(meta_path)]}
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    p = cli.ArgumentParser(prog="python -m gan_dist.export", description=__doc__.split("\n")[0])
-    p.add_argument("source", help="run directory or checkpoint file")
-    p.add_argument("--out", required=True, help="TorchScript file to write (FILE.json goes beside it)")
-    p.add_argument("--pt2", action="store_true", help="also write a torch.export program FILE.pt2")
-    p.add_argument("--raw", action="store_true", help="the raw generator, not its EMA")
-    args = p.parse_args(argv)
-    try:
-        result = export(args.source, args.out, args.pt2, ema=not args.raw)
-    except UserError as e:
-        print(f"gan_dist: error: {e}", file=sys.stderr)
-        return 2
-    print(f"exported step {result['step']} {'EMA ' if result['ema'] else ''}generator: {', '.join(result['files'])}")
-    return 0
+def _is_torchscript(path: Path) -> bool:
+    # TorchScript archives keep the module's code under <name>/code/; checkpoints do not.
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any("/code/" in n for n in z.namelist())
+
+
+def load_sampler(source: str | Path, raw: bool = False, models=None) -> tuple[Generate, dict]:
+    """(generate(z, onehot) -> images in [-1, 1], meta with z_dim, num_classes, ...) from a run
+    directory (its latest checkpoint), a checkpoint file, or an exported FILE.pt + FILE.json."""
+    source = Path(source)
+    if not source.exists():
+        raise UserError(f"source not found: {source}")
+    if source.is_file() and _is_torchscript(source):
+        sidecar = source.with_suffix(".json")
+        if not sidecar.is_file():
+            raise UserError(f"{source} is an exported generator but {sidecar} (z_dim, num_classes) is missing")
+        try:
+            meta = json.loads(sidecar.read_text())
+            meta["z_dim"], meta["num_classes"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise UserError(f"{sidecar}: not the JSON gan_dist.export writes ({type(e).__name__}: {e})") from None
+        if raw and meta.get("ema"):  # the export kept only the EMA weights
+            raise UserError(f"--raw: {source} holds the EMA generator only; give the run directory or checkpoint")
+        with warnings.catch_warnings():  # torch.jit is deprecated in torch 2.14 but still loads
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(str(source), map_location="cpu").eval()
+
+        @torch.no_grad()
+        def generate(z, onehot):
+            return (module(z) if onehot is None else module(z, onehot)).float()
+        return generate, meta
+    generator, meta = load_generator(source, ema=not raw, models=models)
+    return (lambda z, onehot: sampling.generate(generator, z, onehot)), meta
 
 
 if __name__ == "__main__":
+    from gan_dist.cli.export import main
+
     sys.exit(main())

@@ -1,5 +1,6 @@
-"""Loss strategies: WGAN-GP (Gulrajani et al. 2017, Algorithm 1) and the non-saturating BCE
-GAN of book chapter 4. The training loop is the same for both; only these differ.
+"""Loss strategies: WGAN-GP (Gulrajani et al. 2017, Algorithm 1), the non-saturating BCE GAN
+of book chapter 4, hinge (SAGAN, BigGAN) and non-saturating with R1 on real images
+(StyleGAN2). The training loop is the same for all; only these differ.
 
 critic_loss returns (loss, stats): `loss` gets ONE backward (one DDP all-reduce; a backward
 per term or static_graph=True silently desynchronizes ranks under the penalty's double
@@ -21,6 +22,13 @@ def gradient_penalty(scores: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor
     (grad,) = torch.autograd.grad(scores.float().sum(), inputs, create_graph=True)
     with torch.autocast(grad.device.type, enabled=False):  # under bf16 autocast: the norm in fp32
         return ((grad.float().flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
+
+
+def r1_penalty(scores: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """mean_i ||d scores_i / d real_i||^2 (Mescheder et al. 2018), per sample, create_graph."""
+    (grad,) = torch.autograd.grad(scores.float().sum(), inputs, create_graph=True)
+    with torch.autocast(grad.device.type, enabled=False):
+        return grad.float().flatten(1).pow(2).sum(1).mean()
 
 
 def _repeat(onehot: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
@@ -76,5 +84,52 @@ class BCE:
         return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
 
 
+class Hinge:
+    """The hinge loss of SAGAN and BigGAN: relu(1 - D(real)) + relu(1 + D(fake)) for the
+    critic, -D(fake) for the generator. Usually with a spectral-norm critic."""
+    stat_names = ("loss_critic", "d_real", "d_fake")
+
+    def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                    onehot: Optional[torch.Tensor], alpha: torch.Tensor, update: int = 0):
+        b = real.shape[0]
+        scores = critic(torch.cat([real, fake]), _repeat(onehot, 2)).float()
+        loss = F.relu(1.0 - scores[:b]).mean() + F.relu(1.0 + scores[b:]).mean()
+        return loss, torch.stack([loss.detach(), scores[:b].mean().detach(), scores[b:].mean().detach()])
+
+    def generator_loss(self, critic: nn.Module, fake: torch.Tensor, onehot: Optional[torch.Tensor]):
+        return -critic(fake, onehot).float().mean()
+
+
+class NonSaturatingR1:
+    """StyleGAN2's loss: softplus(D(fake)) + softplus(-D(real)) for the critic, softplus(-D(fake))
+    for the generator, and gamma/2 * R1 on the real images, lazily: every k-th critic update
+    weighted by k (loss.gp_every), the update without it being one forward over real+fake."""
+    stat_names = ("loss_critic", "r1", "d_real", "d_fake")
+
+    def __init__(self, gamma: float, every: int = 1):
+        self.gamma, self.every = gamma, every
+
+    def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                    onehot: Optional[torch.Tensor], alpha: torch.Tensor, update: int = 0):
+        b = real.shape[0]
+        if update % self.every:
+            scores = critic(torch.cat([real, fake]), _repeat(onehot, 2)).float()
+            s_real, s_fake, r1 = scores[:b], scores[b:], torch.zeros((), device=real.device)
+        else:  # real alone: R1's gradient and double backward run over b images, not 2b
+            real = real.detach().requires_grad_(True)
+            s_real, s_fake = critic(real, onehot).float(), critic(fake, onehot).float()
+            r1 = r1_penalty(s_real, real) * self.every  # logged scaled: mean over k updates = r1
+        loss = F.softplus(s_fake).mean() + F.softplus(-s_real).mean() + 0.5 * self.gamma * r1
+        return loss, torch.stack([loss, r1, s_real.mean(), s_fake.mean()]).detach()
+
+    def generator_loss(self, critic: nn.Module, fake: torch.Tensor, onehot: Optional[torch.Tensor]):
+        return F.softplus(-critic(fake, onehot).float()).mean()
+
+
 def build_loss(kind: str, gp_lambda: float, gp_every: int = 1):
-    return WGANGP(gp_lambda, gp_every) if kind == "wgan_gp" else BCE()
+    """loss.kind -> strategy; gp_lambda is the penalty's weight (WGAN-GP's lambda, R1's gamma)."""
+    if kind == "wgan_gp":
+        return WGANGP(gp_lambda, gp_every)
+    if kind == "ns_r1":
+        return NonSaturatingR1(gp_lambda, gp_every)
+    return Hinge() if kind == "hinge" else BCE()

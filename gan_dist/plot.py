@@ -1,4 +1,4 @@
-"""`python -m gan_dist.plot RUN_DIR [--out DIR]`
+"""Plots of a run (`python -m gan_dist.plot RUN_DIR [--out DIR]`, command line in cli/plot.py).
 
 PNGs from a run directory (default DIR: RUN_DIR/plots), usable while the run is training:
 losses.png (losses; wasserstein/gp for WGAN-GP or d_real/d_fake for BCE; gradient norms),
@@ -13,15 +13,15 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from gan_dist import cli, tracking
+from gan_dist import tracking
 from gan_dist.errors import UserError
 
 # (title, keys) per panel; a key with no value is left out, a panel without keys too, a file
 # without panels too. Quality metrics are measured now and then: their nulls are not gaps.
 FIGURES = {
     "losses.png": [("losses", ["loss_critic", "loss_gen"]),
-                   ("critic (WGAN-GP)", ["wasserstein", "gp"]),
-                   ("discriminator (BCE)", ["d_real", "d_fake"]),
+                   ("critic (WGAN-GP, R1)", ["wasserstein", "gp", "r1"]),
+                   ("discriminator (BCE, hinge, NS)", ["d_real", "d_fake"]),
                    ("gradient norms", ["grad_norm_critic", "grad_norm_generator"])],
     "quality.png": [("FID (lower is better)", ["fid"]), ("conditional accuracy", ["cond_acc"])],
     "throughput.png": [("throughput", ["images_per_sec"])],
@@ -107,20 +107,7 @@ def plot(run_dir: str | Path, out: Optional[str | Path] = None) -> list[Path]:
     return written
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    p = cli.ArgumentParser(prog="python -m gan_dist.plot", description="PNG plots of a run's metrics and samples.")
-    p.add_argument("run_dir", help="run directory (holds metrics.jsonl and samples/)")
-    p.add_argument("--out", help="folder for the PNGs (default RUN_DIR/plots)")
-    args = p.parse_args(argv)
-    try:
-        written = plot(args.run_dir, args.out)
-    except UserError as e:
-        print(f"gan_dist: error: {e}", file=sys.stderr)
-        return 2
-    for path in written:
-        print(f"wrote {path}")
-    return 0
-
-
 if __name__ == "__main__":
+    from gan_dist.cli.plot import main
+
     sys.exit(main())

@@ -13,15 +13,16 @@ then, before any rank exits:
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from typing import Any, Optional
 
 from gan_dist.distributed import World, max_over_ranks
 
+log = logging.getLogger("gan_dist")
 SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 # Agreement across ranks takes the highest priority seen anywhere (a MAX all-reduce).
 PRIORITY = {0: 0, signal.SIGINT: 1, signal.SIGTERM: 2, signal.SIGUSR2: 3}
@@ -99,7 +100,7 @@ class Preemption:
             try:
                 previous(signal.SIGUSR2, None)
             except subprocess.SubprocessError as e:  # its scontrol requeue; Slurm may be requeuing already
-                print(f"gan_dist: warning: requeue failed ({e})", file=sys.stderr, flush=True)
+                log.warning("requeue failed (%s)", e)
             except BaseException as e:  # noqa: B036 (SystemExit included: raised after teardown)
                 return e
         elif os.environ.get("SLURM_JOB_ID"):
@@ -110,7 +111,7 @@ class Preemption:
             except (OSError, subprocess.TimeoutExpired) as e:
                 failed = str(e)
             if failed:
-                print(f"gan_dist: warning: scontrol requeue {job} failed: {failed}", file=sys.stderr, flush=True)
+                log.warning("scontrol requeue %s failed: %s", job, failed)
             else:
                 print(f"requeued Slurm job {job}", flush=True)
         return None

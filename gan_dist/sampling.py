@@ -42,6 +42,25 @@ def generate(generator: nn.Module, z: torch.Tensor, onehot: Optional[torch.Tenso
         generator.train(was_training)
 
 
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of rows a, b [R, D] at weights t [S] -> [R, S, D]. Midpoints of a
+    linear path between two Gaussian z's have a smaller norm than the generator ever saw."""
+    omega = torch.acos((a / a.norm(dim=1, keepdim=True) * b / b.norm(dim=1, keepdim=True))
+                       .sum(1).clamp(-1, 1))[:, None, None]
+    t = t[None, :, None]
+    so = torch.sin(omega)
+    lerp = (1 - t) * a[:, None] + t * b[:, None]
+    out = (torch.sin((1 - t) * omega) * a[:, None] + torch.sin(t * omega) * b[:, None]) / so.clamp_min(1e-8)
+    return torch.where(so.abs() < 1e-6, lerp, out)  # (anti)parallel rows: slerp is undefined
+
+
+def cpu_copy(generator: nn.Module) -> nn.Module:
+    """A copy of the generator on the CPU in eval mode (to hand back to a caller)."""
+    import copy
+
+    return copy.deepcopy(generator).cpu().eval()
+
+
 def to_uint8_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
     """[3, H, W] uint8 in [0, 255] (dashboards cast floats straight to uint8)."""
     grid = make_grid(images, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)

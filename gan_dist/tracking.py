@@ -1,8 +1,11 @@
 """Metrics on rank 0 only: a console line, run_dir/metrics.jsonl (always), wandb (when
-enabled). Other ranks get a Tracker that does nothing, so no wandb call ever runs there."""
+enabled). Other ranks get a Tracker that does nothing, so no wandb call ever runs there.
+Warnings go through the "gan_dist" logger: one line each on stderr, from any rank (a rank
+other than 0 says which), since some (an unreadable image) are seen by one rank only."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -13,6 +16,30 @@ import torch
 
 from gan_dist.config import Config, to_dict
 from gan_dist.errors import UserError
+
+
+log = logging.getLogger("gan_dist")
+
+
+class _OneLine(logging.Formatter):
+    def __init__(self, rank: int):
+        super().__init__()
+        self.prefix = f"[rank {rank}] " if rank else ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"gan_dist: {record.levelname.lower()}: {self.prefix}{record.getMessage()}"
+        return text + ("\n" + self.formatException(record.exc_info) if record.exc_info else "")
+
+
+def setup_logging(rank: int = 0) -> None:
+    """The "gan_dist" logger's warnings on stderr as `gan_dist: warning: [rank r] ...`."""
+    handler = next((h for h in log.handlers if isinstance(h.formatter, _OneLine)), None)
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        log.addHandler(handler)
+        log.propagate = False
+    handler.setFormatter(_OneLine(rank))
+    log.setLevel(logging.WARNING)
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -85,7 +112,7 @@ class Tracker:
 
     def warn(self, message: str) -> None:
         if self.active:
-            print(f"gan_dist: warning: {message}", file=sys.stderr, flush=True)
+            log.warning(message)
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.active:

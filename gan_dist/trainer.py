@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import time
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -18,12 +18,12 @@ from torch.utils.data import Dataset
 
 from gan_dist import checkpoint, distributed, evaluation, sampling
 from gan_dist.config import Config, dump, to_dict
-from gan_dist.data import BatchStream, DataInfo, build_dataset
+from gan_dist.data import BatchStream, DataInfo, build_dataset, check_dataset
 from gan_dist.distributed import World, all_reduce_mean, barrier, check_consistency, raise_if_any
 from gan_dist.ema import EMA
 from gan_dist.errors import UserError
 from gan_dist.losses import build_loss
-from gan_dist.models import build_models, check_fits
+from gan_dist.models import build_models, check_contract, check_fits
 from gan_dist.preemption import Preemption
 from gan_dist.run_dir import RunDir
 from gan_dist.seeding import mix_seed, seeded_generator
@@ -31,8 +31,10 @@ from gan_dist.tracking import Tracker
 
 
 class Trainer:
-    def __init__(self, cfg: Config, world: World, data: Optional[tuple[Dataset, DataInfo]] = None,
-                 preemption: Optional[Preemption] = None):
+    def __init__(self, cfg: Config, world: World, data: Union[tuple[Dataset, DataInfo], Callable, None] = None,
+                 models: Optional[Callable] = None, preemption: Optional[Preemption] = None):
+        """data: (dataset, info) or a dataset factory, instead of data.name's (gan_dist.fit, the
+        benchmark's synthetic data); models: a model factory instead of model.kind's."""
         self.cfg, self.world = cfg, world
         self.preemption = preemption or Preemption()
         self.deferred_exit: Optional[BaseException] = None  # submitit's exit after a requeue
@@ -40,23 +42,26 @@ class Trainer:
         self.run_dir = RunDir(cfg.run.dir)
         self.run_dir.open(world, cfg.run.shared_fs_wait_s)
         try:
-            self._build(data)
+            self._build(data, models)
         except BaseException:
             self.run_dir.release()
             raise
 
-    def _build(self, data: Optional[tuple[Dataset, DataInfo]]) -> None:
+    def _build(self, data, models: Optional[Callable]) -> None:
         cfg, world = self.cfg, self.world
-        # data: (dataset, info) instead of the config's (the benchmark's synthetic data)
-        dataset, self.info = data if data is not None else build_dataset(cfg, world)
-        check_fits(cfg, self.info, cfg.train.batch_size // world.world_size, world.device)
+        dataset, self.info = (check_dataset(data, cfg) if isinstance(data, (tuple, list))
+                              else build_dataset(cfg, world, factory=data))
+        check_fits(cfg, self.info, cfg.train.batch_size // world.world_size, world.device, models)
 
         torch.manual_seed(cfg.seed)  # same initial weights on every rank and for any W
-        generator, critic = build_models(cfg, self.info)
-        if world.distributed and world.device.type == "cuda" and cfg.model.norm == "batch":
+        generator, critic = build_models(cfg, self.info, models)
+        if world.distributed and world.device.type == "cuda":  # batch statistics over all ranks
             generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(generator)
         self.generator, self.critic = generator.to(world.device), critic.to(world.device)
-        if cfg.train.channels_last and cfg.model.kind == "dcgan":
+        check_contract(self.generator, self.critic, self.info, cfg.model.kind, world.device)
+        for net in (self.generator, self.critic):  # identical weights even if a factory's RNG is not ours
+            distributed.broadcast_module(net, world)
+        if cfg.train.channels_last:
             self.generator.to(memory_format=torch.channels_last)
             self.critic.to(memory_format=torch.channels_last)
         if world.device.type == "cuda":
@@ -72,16 +77,17 @@ class Trainer:
         self.batches_per_step = 1 if cfg.loss.reuse_batch else cfg.loss.n_critic
 
         self.ema = EMA(self.generator, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
-        # The stateful parts, saved and restored by name (with step, data position, config).
+        self.stream = BatchStream(dataset, cfg, world)
+        # The stateful parts, saved and restored by name (beside them: step, config, data_info).
         self.parts = {"generator": self.generator, "critic": self.critic, "opt_generator": self.opt_g,
-                      "opt_critic": self.opt_c, **({"generator_ema": self.ema.module} if self.ema else {})}
+                      "opt_critic": self.opt_c, "data": self.stream,
+                      **({"generator_ema": self.ema.module} if self.ema else {})}
         self.feature_net = self.real_stats = None
         if cfg.eval.every:  # load (and fail) before training; real statistics once per run
             self.feature_net, self.real_stats = evaluation.prepare(cfg.eval.features, dataset, world, world.device,
                                                                    self.info.image_size)
-        self.step, self.wandb_run_id = 0, ""
-        epoch, position = self._resume()
-        self.stream = BatchStream(dataset, cfg, world, epoch=epoch, position=position)
+        self.step, self.wandb_run_id, self.last_metrics = 0, "", {}
+        self._resume()
 
         self.generator_ddp = distributed.wrap(self.generator, world)
         self.critic_ddp = distributed.wrap(self.critic, world)
@@ -103,14 +109,14 @@ class Trainer:
         self.run_dir.release()
 
     # ---- resume -------------------------------------------------------------------------
-    def _resume(self) -> tuple[int, int]:
-        """Load what rank 0 chose (the same file on every rank); (epoch, samples seen in it)."""
+    def _resume(self) -> None:
+        """Load what rank 0 chose (the same file on every rank)."""
         cfg = self.cfg
-        found = checkpoint.resume_state(self.run_dir.path, self.world, cfg.run.shared_fs_wait_s, warn=self._warn)
+        found = checkpoint.resume_state(self.run_dir.path, self.world, cfg.run.shared_fs_wait_s)
         if found is None:
             if self.world.is_main:  # a fresh run's settings; a resumed run's once it saves
                 self.run_dir.write_config(dump(cfg))
-            return 0, 0
+            return
         state, path = found
         checkpoint.check_compatible(state, cfg, path)
         checkpoint.restore(self.parts, state, path)
@@ -119,11 +125,6 @@ class Trainer:
         if self.world.is_main:
             print(f"resuming from {path} (step {self.step})" + (f"; changed: {', '.join(changes)}" if changes else ""),
                   flush=True)
-        return checkpoint.data_position(state)
-
-    def _warn(self, message: str) -> None:
-        if self.world.is_main:
-            print(f"gan_dist: warning: {message}", flush=True)
 
     # ---- one step -----------------------------------------------------------------------
     def _draw(self, step: int, phase: str):
@@ -136,8 +137,8 @@ class Trainer:
         z = torch.randn(b, self.cfg.model.z_dim, generator=g, device=dev)
         labels = torch.randint(max(self.num_classes, 1), (b,), generator=g, device=dev)
         alpha = torch.rand(b, 1, 1, 1, generator=g, device=dev)
-        rows = slice(self.world.rank, b, self.world.world_size)
-        return z[rows], labels[rows], alpha[rows]
+        mine = distributed.rows(self.world)
+        return z[mine], labels[mine], alpha[mine]
 
     def _onehot(self, labels: torch.Tensor):
         return F.one_hot(labels, self.num_classes).float() if self.num_classes else None
@@ -257,9 +258,10 @@ class Trainer:
         elapsed = time.perf_counter() - self._window_start
         # Images through the critic: real + fake per critic update, the fakes of the generator update.
         images = self._window_steps * cfg.train.batch_size * (2 * cfg.loss.n_critic + 1)
-        self.tracker.log(self.step, {**dict(zip(names, means)), **self._grad_norms(), "epoch": self.stream.epoch,
-                                     "lr": self.opt_g.param_groups[0]["lr"], "images_per_sec": images / elapsed,
-                                     "step_time": elapsed / self._window_steps})
+        self.last_metrics = {**dict(zip(names, means)), **self._grad_norms(), "epoch": self.stream.epoch,
+                             "lr": self.opt_g.param_groups[0]["lr"], "images_per_sec": images / elapsed,
+                             "step_time": elapsed / self._window_steps}
+        self.tracker.log(self.step, self.last_metrics)
         self._window.zero_()
         self._window_start, self._window_steps = time.perf_counter(), 0
 
@@ -298,7 +300,7 @@ class Trainer:
         return result
 
     def state_dict(self) -> dict:
-        return {**{name: part.state_dict() for name, part in self.parts.items()}, "step": self.step, "epoch": self.stream.epoch, "samples_in_epoch": self.stream.position,
+        return {**{name: part.state_dict() for name, part in self.parts.items()}, "step": self.step,
                 "world_size": self.world.world_size, "config": to_dict(self.cfg), "data_info": dataclasses.asdict(self.info),
                 "wandb_run_id": self.wandb_run_id}
 

@@ -39,7 +39,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         # which leaves no GPU visible under per-task binding (each task sees its own as 0).
         # gan_dist picks cuda:0 when a task sees one GPU, cuda:LOCAL_RANK when it sees the node's.
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-        from gan_dist.train import main
+        from gan_dist.cli.train import main
 
         code = main(self.argv())
         if code == 2:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gan_dist import config, export, plot, sample
-from gan_dist import train as train_cli
+from gan_dist import config
+from gan_dist.cli import export, plot, sample
+from gan_dist.cli import train as train_cli
 from gan_dist.errors import UserError
 from helpers import (TINY, Proc, latest_ckpt, ok, one_line_error, train, write_fashion_mnist,
                      write_image_folder)

@@ -50,7 +50,7 @@ def test_roundtrip_through_dict():
     ("train.steps=1.5", "train.steps"),
     ("model.hidden=12", "model.hidden"),
     ("data.download=maybe", "data.download"),
-    ("loss.kind=hinge", "loss.kind"),
+    ("loss.kind=lsgan", "loss.kind"),
     ("data.name=cifar", "data.name"),
     ("train.batch_size=0", "train.batch_size"),
     ("data.image_size=12", "data.image_size"),
@@ -65,7 +65,7 @@ def test_bad_config_values_name_the_key(override, needle):
 @pytest.mark.parametrize("args, needles", [
     (["train.stepz=3"], ["unknown config key 'train.stepz'"]),
     (["train.steps=abc"], ["train.steps", "expected int"]),
-    (["loss.kind=hinge"], ["loss.kind", "hinge", "wgan_gp"]),
+    (["loss.kind=lsgan"], ["loss.kind", "lsgan", "wgan_gp"]),
     (["--config", "no/such/file.yaml"], ["config file not found", "no/such/file.yaml"]),
 ])
 def test_cli_bad_config_is_one_line(args, needles, tmp_path):

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from gan_dist import evaluation as E
-from gan_dist.digits_classifier import digits_tensors, main as classifier_main
+from gan_dist.cli.digits_classifier import main as classifier_main
+from gan_dist.digits_classifier import digits_tensors
 from gan_dist.distributed import World
 from gan_dist.errors import UserError
 from helpers import ok, spawn

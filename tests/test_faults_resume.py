@@ -36,8 +36,8 @@ def test_resume_applies_the_configs_optimizer_hyperparameters(tmp_path):
 ])
 def test_resume_with_another_batch_and_world_size_continues_the_epoch(tmp_path, batch, ranks, expected):
     ok(train(ARGS + ["train.batch_size=32", "train.steps=4", f"run.dir={tmp_path}"], 2))
-    assert (latest_ckpt(tmp_path)["epoch"], latest_ckpt(tmp_path)["samples_in_epoch"]) == (0, 640)
+    assert latest_ckpt(tmp_path)["data"] == {"epoch": 0, "samples_in_epoch": 640}
     out = ok(train(ARGS + [f"train.batch_size={batch}", "train.steps=8", f"run.dir={tmp_path}"], ranks))[0].out
     assert f"global batch 32 on 2 rank(s) -> {batch} on {ranks}" in out
     state = latest_ckpt(tmp_path)
-    assert state["step"] == 8 and (state["epoch"], state["samples_in_epoch"]) == expected
+    assert state["step"] == 8 and (state["data"]["epoch"], state["data"]["samples_in_epoch"]) == expected

@@ -36,7 +36,7 @@ def test_resume_is_bitwise_exact(tmp_path, world_size, extra):
     second = ok(train(args + ["train.steps=8", f"run.dir={tmp_path}/resumed"], world_size))
     assert "resuming from" in second[0].out and "step_00000004.pt" in second[0].out
     a, b = latest_ckpt(tmp_path / "straight"), latest_ckpt(tmp_path / "resumed")
-    assert a["step"] == b["step"] == 8 and (a["epoch"], a["samples_in_epoch"]) == (b["epoch"], b["samples_in_epoch"])
+    assert a["step"] == b["step"] == 8 and a["data"] == b["data"]
     for key in ("generator", "critic", "opt_generator", "opt_critic", "generator_ema"):
         _assert_tree_equal(a[key], b[key], key)
     # metrics.jsonl continues without duplicated steps, with the same losses
@@ -51,7 +51,7 @@ def test_checkpoint_contents_and_keep_last_k(tmp_path):
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["step_00000006.pt", "step_00000008.pt"]  # no temporary files left either
     state = load_ckpt(tmp_path / "checkpoints" / names[-1])  # weights_only=True
-    for key in ("generator", "critic", "opt_generator", "opt_critic", "step", "epoch", "samples_in_epoch", "config"):
+    for key in ("generator", "critic", "opt_generator", "opt_critic", "step", "data", "config"):
         assert key in state
     assert state["config"]["train"]["steps"] == 8 and state["data_info"]["num_classes"] == 10
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "samples" / "step_00000008.png").is_file()
@@ -75,7 +75,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path):
     latest = tmp_path / "checkpoints" / "step_00000008.pt"
     latest.write_bytes(latest.read_bytes()[:1000])  # truncated, as by a full disk
     r = ok(train(TINY + ["train.steps=8", f"run.dir={tmp_path}"]))[0]
-    assert "step_00000008.pt is unreadable" in r.out and "resuming from" in r.out and "step_00000004.pt" in r.out
+    assert "step_00000008.pt is unreadable" in r.err and "resuming from" in r.out and "step_00000004.pt" in r.out
     assert load_ckpt(latest)["step"] == 8  # re-trained from step 4 and saved again
 
 

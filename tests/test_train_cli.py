@@ -15,7 +15,7 @@ def test_fashion_mlp_bce_config_trains_on_idx_files(tmp_path):
               "model.hidden=[64,32,16]", "train.batch_size=16", "train.steps=6", "train.log_every=2",
               "train.checkpoint_every=3", "train.threads=1", f"run.dir={tmp_path}/run"]))
     state = latest_ckpt(tmp_path / "run")
-    assert state["step"] == 6 and state["epoch"] == 1  # 4 batches per epoch
+    assert state["step"] == 6 and state["data"]["epoch"] == 1  # 4 batches per epoch
     assert state["generator"]["net.0.weight"].shape == (16, 100)  # book: 100-d noise
     rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert {"loss_critic", "loss_gen", "d_real", "d_fake"} <= rows[-1].keys()

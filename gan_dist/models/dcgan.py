@@ -65,3 +65,14 @@ class Critic(nn.Module):
         if onehot is not None:
             x = torch.cat([x, onehot[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])], 1)
         return self.net(x).flatten()
+
+
+def build(cfg, info) -> tuple[nn.Module, nn.Module]:
+    """The registry's factory: (generator, critic) for the config and the dataset."""
+    from gan_dist.models import with_spectral_norm
+
+    m = cfg.model
+    k = info.num_classes if m.conditional else 0
+    critic = Critic(k, info.channels, info.image_size, m.width, m.critic_norm)
+    return (Generator(m.z_dim, k, info.channels, info.image_size, m.width, m.norm),
+            with_spectral_norm(critic) if m.spectral_norm else critic)

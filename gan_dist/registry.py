@@ -1,0 +1,69 @@
+"""Names -> factories. `model.kind` and `data.name` take a built-in name or an import path
+"package.module:factory"; the built-ins are entries in these tables, resolved the same way as
+a user's own (no special path for them).
+
+  model factory:    build(cfg, info: DataInfo) -> (generator, critic)
+  dataset factory:  build(cfg) -> (dataset, DataInfo)
+
+The contracts themselves (shapes, ranges, attributes) are checked at start-up by
+models.check_contract and datasets.check_dataset.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from gan_dist.errors import UserError
+
+MODELS = {"dcgan": "gan_dist.models.dcgan:build", "mlp": "gan_dist.models.mlp:build"}
+DATASETS = {"digits": "gan_dist.datasets:digits", "fashion_mnist": "gan_dist.datasets:fashion_mnist",
+            "image_folder": "gan_dist.datasets:image_folder"}
+
+
+def is_import_path(spec: str) -> bool:
+    module, sep, attr = spec.partition(":")
+    return bool(sep and module and attr)
+
+
+def check_spec(key: str, spec: str, table: dict[str, str]) -> None:
+    """Config-time check: a known name or something shaped like module:factory."""
+    if spec not in table and not is_import_path(spec):
+        raise UserError(f"{key}: unknown {spec!r} (built-in: {', '.join(table)}; or your own as "
+                        "package.module:factory)")
+
+
+def resolve(key: str, spec: str, table: dict[str, str]) -> Callable:
+    check_spec(key, spec, table)
+    module_name, _, attr = table.get(spec, spec).partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except Exception as e:  # ModuleNotFoundError, or the user's module failing on import
+        raise UserError(f"{key}={spec}: cannot import {module_name} ({type(e).__name__}: {e})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UserError(f"{key}={spec}: {module_name} has no {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UserError(f"{key}={spec}: {attr} is not callable (expected a factory function)")
+    return obj
+
+
+def model_factory(spec: str) -> Callable:
+    return resolve("model.kind", spec, MODELS)
+
+
+def dataset_factory(spec: str) -> Callable:
+    return resolve("data.name", spec, DATASETS)
+
+
+def name_of(factory: Callable) -> str:
+    """The import path that resolves to `factory` (what a checkpoint records, so export can
+    rebuild the generator), or "" when it cannot be imported (defined in a launch script)."""
+    module, name = getattr(factory, "__module__", ""), getattr(factory, "__qualname__", "")
+    if not module or module == "__main__" or "<" in name:
+        return ""
+    for table in (MODELS, DATASETS):
+        for short, path in table.items():
+            if path == f"{module}:{name}":
+                return short
+    return f"{module}:{name}"
