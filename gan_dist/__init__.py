@@ -1,2 +1,19 @@
-"""gan_dist: distributed GAN training (DDP, coordinated WGAN-GP critic loop, exact resume)."""
-__version__ = "0.1.0"
+"""gan_dist: distributed GAN training (DDP, coordinated critic loop, exact resume, Slurm).
+
+    import gan_dist
+    result = gan_dist.fit("configs/my.yaml", models=my_factory)   # see gan_dist/api.py
+"""
+__version__ = "0.2.0"
+
+
+def __getattr__(name: str):
+    # fit, Result and UserError without importing torch at `import gan_dist`
+    if name in ("fit", "Result"):
+        from gan_dist import api
+
+        return getattr(api, name)
+    if name == "UserError":
+        from gan_dist.errors import UserError
+
+        return UserError
+    raise AttributeError(f"module 'gan_dist' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""`python -m gan_dist.bench [--config FILE] [key=value ...]`: throughput of gan_dist's Trainer
+"""Throughput of gan_dist's Trainer (`python -m gan_dist.bench`, command line in cli/bench.py)
 against a plain hand-written loop, on 1 and 2 ranks. A benchmark to read, not a timed test.
 
 Rows, each in fresh subprocesses of this file (worker mode), 1 torch thread per process:
@@ -22,21 +22,18 @@ import importlib
 import json
 import os
 import resource
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from gan_dist import cli, config, distributed, trainer
+from gan_dist import config, distributed, launch, trainer
 from gan_dist.data import DataInfo, build_dataset
 from gan_dist.errors import UserError
 from gan_dist.losses import WGANGP
@@ -61,11 +58,6 @@ def synthetic_data(cfg: config.Config, classes: int, size: int) -> tuple[TensorD
     n = max(size, 2 * cfg.train.batch_size)
     images = torch.rand(n, c, s, s, generator=g) * 2.0 - 1.0
     return TensorDataset(images, torch.randint(classes, (n,), generator=g)), DataInfo(classes, c, s)
-
-
-def make_trainer(cfg: config.Config, world: distributed.World, data) -> trainer.Trainer:
-    """A Trainer, on `data` = (dataset, info) when given (synthetic data)."""
-    return trainer.Trainer(cfg, world, data=data)
 
 
 def plain_step(cfg: config.Config, data, device: torch.device) -> Step:
@@ -181,7 +173,7 @@ def worker(args: argparse.Namespace) -> None:
         if args.worker == "plain":
             result = measure(plain_step(cfg, data or build_dataset(cfg), world.device), **timing)
         elif args.worker == "gp_cost":
-            tr = make_trainer(cfg, world, data)
+            tr = trainer.Trainer(cfg, world, data=data)
             steps = dict(zip(("with_gp", "without_gp"), gp_cost_steps(tr)))
             result = {name: {"times": [], "cpu_times": []} for name in steps}
             for r in range(args.repeats):  # interleaved, so drifting load hits both alike
@@ -190,7 +182,7 @@ def worker(args: argparse.Namespace) -> None:
                     for key in ("times", "cpu_times"):
                         result[name][key] += once[key]
         else:
-            tr = make_trainer(cfg, world, data)
+            tr = trainer.Trainer(cfg, world, data=data)
             result = measure(tr.train_step, **timing)
         result.update(rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rss_imports_mb=rss_imports,
                       cuda_max_mb=torch.cuda.max_memory_allocated(world.device) / 2**20
@@ -205,7 +197,7 @@ def worker(args: argparse.Namespace) -> None:
 
 # ---- the parent: rows in subprocesses, summaries, the table -------------------------------
 def run_row(row: str, args: argparse.Namespace, batch: int, tmp: str, synthetic: bool, classes: int) -> list[dict]:
-    """Start the row's ranks (this file in worker mode), wait at most --timeout, kill leftovers."""
+    """The row's ranks: this module in worker mode, at most --timeout seconds."""
     n = RANKS[row]
     cmd = [sys.executable, "-m", "gan_dist.bench", "--worker", row, "--out-dir", tmp, "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--timeout", str(args.timeout),
@@ -213,36 +205,8 @@ def run_row(row: str, args: argparse.Namespace, batch: int, tmp: str, synthetic:
     cmd += (["--synthetic"] if synthetic else []) + (["--config", args.config] if args.config else [])
     cmd += args.overrides + [f"run.dir={tmp}/run_{row}", "train.threads=1",
                              f"train.batch_size={2 * batch if row == 'weak2' else batch}"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    if args.cpu:
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs, logs = [], [Path(tmp, f"{row}.{r}.log") for r in range(n)]
-    try:
-        for r in range(n):
-            e = env if n == 1 else dict(env, RANK=str(r), WORLD_SIZE=str(n), LOCAL_RANK=str(r),
-                                        LOCAL_WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-            with open(logs[r], "w") as log:
-                procs.append(subprocess.Popen(cmd, env=e, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        deadline = time.monotonic() + args.timeout
-        for r, p in enumerate(procs):
-            try:
-                rc = p.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                raise UserError(f"row {row}: no result within --timeout {args.timeout:g} s") from None
-            if rc:
-                sys.stderr.write(logs[r].read_text()[-3000:])
-                raise UserError(f"row {row}: rank {r} exited with code {rc} (its output is above)")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+    env = launch.child_env({"CUDA_VISIBLE_DEVICES": ""} if args.cpu else None)
+    launch.run_ranks(cmd, n, tmp, f"row {row}", args.timeout, env)
     return [json.loads(Path(tmp, f"{row}.{r}.json").read_text()) for r in range(n)]
 
 
@@ -272,33 +236,6 @@ def summarize(row: str, parts: list[dict], batch: int, n_critic: int) -> dict:
             "cpu_per_wall": [sum(p["cpu_times"]) / sum(p["walls"]) for p in parts], **memory}
 
 
-def report(res: dict) -> str:
-    lines = [f"{'row':8} {'ranks':>5} {'batch g/r':>9} {'gen steps/s':>11} {'images/s':>9} "
-             f"{'step ms median [p25-p75] (min-max)':>36} {'cpu ms/step (cpu/wall)':>24}  "
-             "peak RSS MB per rank (+ over imports)"]
-    for name, r in res["rows"].items():
-        if name == "gp_cost":
-            continue
-        s, batches = r["step"], f"{r['global_batch']}/{r['per_rank_batch']}"
-        util = "/".join(f"{c:.0f} ({u:.2f})" for c, u in zip(r["cpu_ms_per_step"], r["cpu_per_wall"]))
-        mem = "/".join(f"{m:.0f} (+{m - i:.0f})" for m, i in zip(r["peak_rss_mb"], r["rss_after_imports_mb"]))
-        if r["cuda_max_mb"][0] is not None:
-            mem += " cuda " + "/".join(f"{m:.0f}" for m in r["cuda_max_mb"])
-        lines.append(f"{name:8} {r['ranks']:>5} {batches:>9} {r['gen_steps_per_s']:>11.2f} "
-                     f"{r['images_per_s']:>9.0f} {s['median_ms']:>9.1f} [{s['p25_ms']:.1f}-{s['p75_ms']:.1f}] "
-                     f"({s['min_ms']:.1f}-{s['max_ms']:.1f}) {util:>24}  {mem}")
-    if "gp_cost" in res["rows"]:
-        g = res["rows"]["gp_cost"]
-        lines.append(f"gp_cost: critic update with WGAN-GP {g['with_gp']['median_ms']:.2f} ms, without the "
-                     f"penalty {g['without_gp']['median_ms']:.2f} ms (medians)")
-    lines.append(f"{'ratio':12} {'wall':>6} {'cpu':>6}  (cpu: from CPU time per step, as if each rank had its "
-                 "own core; CPU runs only)")
-    lines += [f"{k:12} {v:6.3f} {res['ratios_cpu'][k]:6.3f}  {'target ' + TARGETS[k] if TARGETS[k] else ''}"
-              for k, v in res["ratios"].items()]
-    before, after = (" ".join(f"{x:.2f}" for x in res[k]) for k in ("loadavg_before", "loadavg_after"))
-    return "\n".join(lines + [f"load average (1/5/15 min): before {before}, after {after}"])
-
-
 def bench(args: argparse.Namespace) -> dict:
     cfg = config.load(args.config, args.overrides)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -319,7 +256,7 @@ def bench(args: argparse.Namespace) -> dict:
                 raise
             synthetic = True
             print(f"note: synthetic data ({e})")
-    classes = args.classes or DEFAULT_CLASSES[cfg.data.name]
+    classes = args.classes or DEFAULT_CLASSES.get(cfg.data.name, 10)
     res = {"argv": sys.argv[1:], "config": config.to_dict(cfg), "synthetic": synthetic,
            "settings": {"steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "torch_threads": 1,
                         "images_per_gen_step": f"global batch * {2 * cfg.loss.n_critic + 1}"},
@@ -342,43 +279,7 @@ def bench(args: argparse.Namespace) -> dict:
     return res
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = cli.ArgumentParser(prog="python -m gan_dist.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--config", help="YAML file (configs/*.yaml); defaults: the embedded digits run")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, as for gan_dist.train")
-    p.add_argument("--steps", type=int, default=20, help="timed generator steps per repeat (default 20)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
-    p.add_argument("--repeats", type=int, default=3, help="speeds are medians over the repeats (default 3)")
-    p.add_argument("--rows", default=",".join(RANKS), help=f"any of {','.join(RANKS)} (default: all)")
-    p.add_argument("--json", metavar="OUT.json", help="also write the results here")
-    p.add_argument("--synthetic", action="store_true", help="random data (automatic when the dataset is missing)")
-    p.add_argument("--synthetic-size", type=int, default=1024, help="synthetic images (default 1024)")
-    p.add_argument("--classes", type=int, help="synthetic classes (default 10; image_folder 2)")
-    p.add_argument("--cpu", action="store_true", help="hide CUDA from the workers")
-    p.add_argument("--timeout", type=float, default=900.0, help="seconds per row before its ranks are killed")
-    p.add_argument("--worker", choices=tuple(RANKS), help=argparse.SUPPRESS)
-    p.add_argument("--out-dir", help=argparse.SUPPRESS)
-    args = p.parse_intermixed_args(argv)
-    if min(args.steps, args.repeats, args.synthetic_size) < 1 or args.warmup < 0 or (args.classes or 1) < 1:
-        raise UserError("--steps, --repeats, --synthetic-size and --classes must be >= 1, --warmup >= 0")
-    return args
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    try:
-        args = parse_args(argv)
-        if args.worker:
-            worker(args)
-            return 0
-        res = bench(args)
-    except UserError as e:
-        print(f"gan_dist: error: {e}", file=sys.stderr, flush=True)
-        return 2
-    print(report(res))
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
-    return 0
-
-
 if __name__ == "__main__":
+    from gan_dist.cli.bench import main
+
     sys.exit(main())

@@ -19,18 +19,15 @@ import torch
 from gan_dist.config import ARCHITECTURE_KEYS, Config, get
 from gan_dist.distributed import World, broadcast_object, raise_if_any
 from gan_dist.errors import UserError
+from gan_dist.run_dir import RunDir
 
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
 REQUIRED_KEYS = ("generator", "critic", "opt_generator", "opt_critic", "step", "config")
 
 
-def checkpoint_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Finished checkpoints, oldest first (temporary files of an interrupted write are ignored)."""
-    d = checkpoint_dir(run_dir)
+    d = RunDir(run_dir).checkpoints
     if not d.is_dir():
         return []
     return sorted(p for p in d.iterdir() if _NAME.match(p.name))
@@ -62,7 +59,7 @@ def _size(n: int) -> str:
 def save(run_dir: str | Path, state: dict[str, Any], keep: int) -> Path:
     """Call on rank 0 only, holding the run directory's lock. A kill at any moment leaves the
     previous checkpoint intact; a full disk is a one-line error that leaves no partial file."""
-    d = checkpoint_dir(run_dir)
+    d = RunDir(run_dir).checkpoints
     final = d / f"step_{state['step']:08d}.pt"
     tmp = d / f".{final.name}.tmp.{socket.gethostname()}.{os.getpid()}"
     try:
@@ -115,7 +112,7 @@ def load_latest(run_dir: str | Path, warn: Callable[[str], None] = logging.getLo
         except Exception as e:  # torch raises many types for truncated/corrupt files
             warn(f"checkpoint {path} is unreadable ({_describe(e)}); trying the one before it")
     if paths:
-        raise UserError(f"no readable checkpoint in {checkpoint_dir(run_dir)} ({len(paths)} unreadable); "
+        raise UserError(f"no readable checkpoint in {RunDir(run_dir).checkpoints} ({len(paths)} unreadable); "
                         "move them away to start afresh")
     return None
 
@@ -143,7 +140,7 @@ def resume_state(run_dir: str | Path, world: World, wait_s: float,
     if choice is None:
         return None
     name, step = choice
-    path = checkpoint_dir(run_dir) / name
+    path = RunDir(run_dir).checkpoints / name
     state, error, deadline = (found[0] if world.is_main else None), None, time.monotonic() + wait_s
     while state is None and error is None:
         try:
@@ -240,3 +237,23 @@ def apply_optimizer_config(optimizers, cfg: Config, state: dict[str, Any], world
     if (batch, ranks) != (cfg.train.batch_size, world_size):  # the data position is in samples: fine
         changes.append(f"global batch {batch} on {ranks} rank(s) -> {cfg.train.batch_size} on {world_size}")
     return changes
+
+
+def load_state_equal(a: Path, b: Path) -> str:
+    """"" when two checkpoints hold bitwise the same training state (models, optimizers, EMA,
+    data position, step; not the config they were run with), else the first key that differs."""
+    def first_difference(x, y, where: str) -> str:
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+            return "" if x.shape == y.shape and torch.equal(x, y) else where
+        if isinstance(x, dict) and isinstance(y, dict):
+            if x.keys() != y.keys():
+                return where or "(keys)"
+            return next((d for k in x for d in [first_difference(x[k], y[k], f"{where}.{k}".lstrip("."))] if d), "")
+        if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+            if len(x) != len(y):
+                return where
+            return next((d for i, (u, v) in enumerate(zip(x, y)) for d in [first_difference(u, v, f"{where}[{i}]")] if d), "")
+        return "" if x == y else where
+    sa, sb = (_read(p) for p in (a, b))
+    skip = ("config", "wandb_run_id")
+    return first_difference({k: v for k, v in sa.items() if k not in skip}, {k: v for k, v in sb.items() if k not in skip}, "")

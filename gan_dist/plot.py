@@ -15,6 +15,7 @@ from typing import Optional
 
 from gan_dist import tracking
 from gan_dist.errors import UserError
+from gan_dist.run_dir import RunDir
 
 # (title, keys) per panel; a key with no value is left out, a panel without keys too, a file
 # without panels too. Quality metrics are measured now and then: their nulls are not gaps.
@@ -30,7 +31,7 @@ STRIP = 6  # sample grids in samples_strip.png
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     if not path.is_file():
         raise UserError(f"{run_dir}: no metrics.jsonl (not a run directory, or no step logged yet)")
     rows = sorted(tracking.read_metrics(path), key=lambda r: r["step"])
@@ -71,7 +72,7 @@ def plot_panels(plt, rows: list[dict], panels: list, path: Path) -> bool:
 def plot_strip(plt, run_dir: Path, path: Path) -> bool:
     from PIL import Image
 
-    grids = sorted(p for p in (run_dir / "samples").glob("step_*.png") if re.fullmatch(r"step_\d+\.png", p.name))
+    grids = sorted(p for p in RunDir(run_dir).samples.glob("step_*.png") if re.fullmatch(r"step_\d+\.png", p.name))
     if not grids:
         return False
     k = min(STRIP, len(grids))
@@ -99,7 +100,7 @@ def plot(run_dir: str | Path, out: Optional[str | Path] = None) -> list[Path]:
     matplotlib.use("Agg")  # files only: no display on cluster nodes
     import matplotlib.pyplot as plt
 
-    out = Path(out) if out is not None else run_dir / "plots"
+    out = Path(out) if out is not None else RunDir(run_dir).plots
     out.mkdir(parents=True, exist_ok=True)
     written = [out / name for name, panels in FIGURES.items() if plot_panels(plt, rows, panels, out / name)]
     if plot_strip(plt, run_dir, out / "samples_strip.png"):

@@ -16,6 +16,7 @@ import torch
 
 from gan_dist.config import Config, to_dict
 from gan_dist.errors import UserError
+from gan_dist.run_dir import RunDir
 
 
 log = logging.getLogger("gan_dist")
@@ -74,7 +75,7 @@ class Tracker:
 
             self.bar = tqdm(total=cfg.train.steps, initial=resume_step, unit="step", dynamic_ncols=True,
                             file=sys.stdout)
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.metrics_path = RunDir(self.run_dir).metrics
         self._truncate_after(resume_step)
         if cfg.wandb.mode != "disabled":
             try:
