@@ -10,8 +10,10 @@ What breaks GAN training under DDP, each found by trying, not by reading the cod
   determinism      the same step twice from the same state and seed gives other gradients
                    (an unseeded RNG, a non-deterministic kernel): no exact resume, no proof
   1 vs 2 ranks     K steps on one process and on 2 gloo ranks at the same global batch: the
-                   largest parameter difference per module (optim.eps raised to >= 1e-6 in
-                   the trials: Adam turns rounding in near-zero gradients into lr/100 steps)
+                   largest parameter difference per module (optim.eps raised to >= 1e-3 in
+                   the trials: Adam normalizes each update, so rounding in a near-zero gradient
+                   can flip a whole lr-sized step; measured on examples/own_models.py: 5.3e-5
+                   apart at eps 1e-6, 2.7e-6 at 1e-3, a rank-dependent buffer 7e-4 at either)
   buffers          buffers (running statistics, spectral norm's u, v) equal on both ranks
   resume           K/2 steps, stop, resume to K: bitwise the K straight steps (checkpoint)
 Trials run in subprocesses (this module in worker mode), so the models must be importable:
@@ -85,6 +87,19 @@ def _coupled(net: nn.Module, x: torch.Tensor, *rest) -> bool:
     return not torch.allclose(outs[0][:-1], outs[1][:-1], atol=1e-6, rtol=1e-5)
 
 
+def _random(net: nn.Module, x: torch.Tensor, *rest) -> bool:
+    """Does the forward draw random numbers (dropout)? Two seeds, the same state and input."""
+    net.train()
+    state, outs = copy.deepcopy(net.state_dict()), []
+    with torch.no_grad():
+        for seed in (0, 1):
+            net.load_state_dict(state)
+            torch.manual_seed(seed)
+            outs.append(net(x, *rest).float())
+    net.load_state_dict(state)
+    return not torch.equal(outs[0], outs[1])
+
+
 def _critic_grads(critic, generator, loss, real, onehot) -> dict[str, Optional[torch.Tensor]]:
     torch.manual_seed(0)
     with torch.no_grad():
@@ -98,8 +113,10 @@ def _critic_grads(critic, generator, loss, real, onehot) -> dict[str, Optional[t
 def static_checks(cfg: Config) -> tuple[list[Row], dict]:
     generator, critic, loss, real, onehot = _probe(cfg)
     rows = [Row("contract (dry forward)", "ok", "generator and critic take and give what the loop expects")]
-    notes = {"generator_coupled": _coupled(generator, torch.randn(len(real), generator.z_dim,
-                                                                  generator=torch.Generator().manual_seed(2)), onehot)}
+    z = torch.randn(len(real), generator.z_dim, generator=torch.Generator().manual_seed(2))
+    notes = {"generator_coupled": _coupled(generator, z, onehot),
+             "random": [n for n, net, x in (("generator", generator, z), ("critic", critic, real))
+                        if _random(net, x, onehot)]}
     norms = [f"critic.{n}" for n in _named(critic, BATCH_NORMS)]
     if _coupled(critic, real, onehot):
         where = ", ".join(norms) or "a layer that mixes the samples of a batch"
@@ -184,7 +201,7 @@ def trials(cfg_file: Optional[str], overrides: list[str], cfg: Config, steps: in
         raise UserError(f"train.batch_size: {cfg.train.batch_size} is odd; the check splits it over 2 ranks")
     common = (["--config", cfg_file] if cfg_file else []) + overrides + [
         "train.threads=1", "eval.every=0", "wandb.mode=disabled", "train.log_every=1", f"train.sample_every={10**9}",
-        f"optim.eps={max(cfg.optim.eps, 1e-6)}", "train.keep_checkpoints=2"]
+        f"optim.eps={max(cfg.optim.eps, 1e-3)}", "train.keep_checkpoints=2"]
     rows = []
     with tempfile.TemporaryDirectory(prefix="gan_dist_check_") as t:
         tmp = Path(t)
@@ -207,10 +224,13 @@ def trials(cfg_file: Optional[str], overrides: list[str], cfg: Config, steps: in
             worst = max(modules.values())
             coupled = [n for n in ("generator", "critic") if notes.get(f"{n}_coupled")]
             bad = [m for m, d in modules.items() if d > tolerance]
-            if bad and coupled:
-                result, why = "warn", (f"the {' and the '.join(coupled)} {'use' if len(coupled) > 1 else 'uses'} batch "
-                                       "statistics per rank (SyncBatchNorm on CUDA makes them global): not held to "
-                                       "the tolerance")
+            if bad and (coupled or notes["random"]):
+                reasons = ([f"the {' and the '.join(coupled)} {'use' if len(coupled) > 1 else 'uses'} batch statistics "
+                            "per rank (SyncBatchNorm on CUDA makes them global)"] if coupled else []) + \
+                          ([f"the {' and the '.join(notes['random'])} {'draw' if len(notes['random']) > 1 else 'draws'} "
+                            "random numbers (dropout) per rank: seeded by step and rank, so resume is exact but 2 "
+                            "ranks draw other masks than 1"] if notes["random"] else [])
+                result, why = "warn", "; ".join(reasons) + ": not held to the tolerance"
             else:
                 named = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
                 result, why = ("FAIL", f"over {tolerance:g} in {named}") if bad else ("ok", f"<= {tolerance:g}")
