@@ -18,3 +18,13 @@ def mix_seed(*parts: object) -> int:
 
 def seeded_generator(*parts: object, device: torch.device | str = "cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(mix_seed(*parts))
+
+
+def draw(seed: int, step: int, phase: str, batch: int, z_dim: int, num_classes: int, device):
+    """(z, labels, alpha) for a GLOBAL batch: noise, sampled labels, GP interpolation weights.
+    Drawn on the device itself (no host-to-device copy, no sync); the same numbers on every
+    rank of one device type."""
+    g = seeded_generator(seed, step, phase, device=device)
+    return (torch.randn(batch, z_dim, generator=g, device=device),
+            torch.randint(max(num_classes, 1), (batch,), generator=g, device=device),
+            torch.rand(batch, 1, 1, 1, generator=g, device=device))

@@ -26,7 +26,7 @@ from gan_dist.losses import build_loss
 from gan_dist.models import build_models, check_contract, check_fits
 from gan_dist.preemption import Preemption
 from gan_dist.run_dir import RunDir
-from gan_dist.seeding import mix_seed, seeded_generator
+from gan_dist.seeding import draw, mix_seed
 from gan_dist.tracking import Tracker
 
 
@@ -129,16 +129,9 @@ class Trainer:
     # ---- one step -----------------------------------------------------------------------
     def _draw(self, step: int, phase: str):
         """Noise, labels and GP weights for the GLOBAL batch; this rank keeps rows r, r+W, ..."""
-        # Drawn on the device itself (no host-to-device copy, no sync); the same numbers on
-        # every rank of one device type.
-        dev = self.world.device
-        g = seeded_generator(self.cfg.seed, step, phase, device=dev)
-        b = self.cfg.train.batch_size
-        z = torch.randn(b, self.cfg.model.z_dim, generator=g, device=dev)
-        labels = torch.randint(max(self.num_classes, 1), (b,), generator=g, device=dev)
-        alpha = torch.rand(b, 1, 1, 1, generator=g, device=dev)
-        mine = distributed.rows(self.world)
-        return z[mine], labels[mine], alpha[mine]
+        draws = draw(self.cfg.seed, step, phase, self.cfg.train.batch_size, self.cfg.model.z_dim,
+                     self.num_classes, self.world.device)
+        return tuple(t[distributed.rows(self.world)] for t in draws)
 
     def _onehot(self, labels: torch.Tensor):
         return F.one_hot(labels, self.num_classes).float() if self.num_classes else None
