@@ -23,6 +23,7 @@ from gan_dist.run_dir import RunDir
 
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
 REQUIRED_KEYS = ("generator", "critic", "opt_generator", "opt_critic", "step", "config")
+OPTIONAL_PARTS = ("divergence", "best")  # newer than some checkpoints
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -56,11 +57,12 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} kB"
 
 
-def save(run_dir: str | Path, state: dict[str, Any], keep: int) -> Path:
+def save(run_dir: str | Path, state: dict[str, Any], keep: int, name: str = "") -> Path:
     """Call on rank 0 only, holding the run directory's lock. A kill at any moment leaves the
-    previous checkpoint intact; a full disk is a one-line error that leaves no partial file."""
+    previous checkpoint intact; a full disk is a one-line error that leaves no partial file.
+    `name` (best.pt) instead of step_N.pt: a file outside the rotation of the last `keep`."""
     d = RunDir(run_dir).checkpoints
-    final = d / f"step_{state['step']:08d}.pt"
+    final = d / (name or f"step_{state['step']:08d}.pt")
     tmp = d / f".{final.name}.tmp.{socket.gethostname()}.{os.getpid()}"
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -85,12 +87,38 @@ def save(run_dir: str | Path, state: dict[str, Any], keep: int) -> Path:
         cause = os_error.strerror if os_error is not None and os_error.strerror else _describe(e)
         raise UserError(f"checkpoint {final}: cannot write ({cause}); removed the partial file, "
                         "the earlier checkpoints are intact") from None
-    for old in list_checkpoints(run_dir)[:-keep]:
-        old.unlink(missing_ok=True)
+    if not name:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            old.unlink(missing_ok=True)
     # Left by a writer killed mid-write. Only the lock holder saves, so any other is stale.
-    for stale in d.glob(".step_*.tmp.*"):
+    for stale in d.glob(".*.pt.tmp.*"):
         stale.unlink(missing_ok=True)
     return final
+
+
+BEST = "best.pt"
+
+
+class Best:
+    """The best evaluation so far under train.keep_best: a stateful part, so a resumed run
+    knows what checkpoints/best.pt holds and what a new evaluation must beat."""
+
+    def __init__(self, metric: str, lower_is_better: bool):
+        self.metric, self.lower_is_better = metric, lower_is_better
+        self.value: Optional[float] = None
+        self.step = -1
+
+    def improves(self, value: float) -> bool:
+        if self.value is None:
+            return True
+        return value < self.value if self.lower_is_better else value > self.value
+
+    def state_dict(self) -> dict:
+        return {"metric": self.metric, "value": self.value, "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["metric"] == self.metric:  # another metric than before: start judging afresh
+            self.value, self.step = state["value"], int(state["step"])
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -218,16 +246,20 @@ def restore(parts: dict[str, Any], state: dict[str, Any], path: Path) -> None:
             saved = state.get(name, state["generator"])
         elif name == "data" and name not in state:  # written before the data position was a part
             saved = dict(zip(("epoch", "samples_in_epoch"), _old_data_position(state)))
+        elif name in OPTIONAL_PARTS and name not in state:  # written before it existed: as new
+            continue
         else:
             saved = state[name]
         load_state(part, saved, name.replace("_", " "), path)
 
 
-def apply_optimizer_config(optimizers, cfg: Config, state: dict[str, Any], world_size: int) -> list[str]:
+def apply_optimizer_config(optimizers, cfg: Config, state: dict[str, Any], world_size: int,
+                           lr_scale: float = 1.0) -> list[str]:
     """load_state_dict restored the checkpoint's hyperparameters: the config's apply on top (a
-    resumed run may lower its lr). Returns what changed since the checkpoint, for the log."""
+    resumed run may lower its lr), the lr times lr_scale (what rollbacks did to it). Returns
+    what changed since the checkpoint, for the log."""
     old = state["opt_generator"]["param_groups"][0]
-    new = {"lr": cfg.optim.lr, "betas": tuple(cfg.optim.betas), "eps": cfg.optim.eps}
+    new = {"lr": cfg.optim.lr * lr_scale, "betas": tuple(cfg.optim.betas), "eps": cfg.optim.eps}
     changes = [f"optim.{k} {old[k]!r} -> {v!r}" for k, v in new.items()
                if k in old and (tuple(old[k]) if isinstance(old[k], (list, tuple)) else old[k]) != v]
     for opt in optimizers:

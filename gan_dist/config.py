@@ -83,14 +83,21 @@ class TrainConfig:
     tf32: bool = True             # CUDA: TF32 matmuls and convolutions
     cudnn_benchmark: bool = True  # CUDA: cuDNN picks the fastest kernels for the fixed shapes
     compile: bool = False         # torch.compile the generator (and a BCE critic; see README)
+    keep_best: str = ""           # an eval metric (fid, kid, recall, ...): keep checkpoints/best.pt by it
+    on_divergence: str = "stop"   # stop | rollback (to the last checkpoint, learning rates scaled)
+    rollback_lr_factor: float = 0.5  # learning rates after each rollback: times this
+    max_rollbacks: int = 3        # then stop
+    divergence_factor: float = 0.0  # critic |Wasserstein| or grad norm above this x its running median diverges; 0: off
 
 
 @dataclass
 class EvalConfig:
     every: int = 0                # generator steps between quality evaluations; 0: never
     num_samples: int = 1000       # generated images per evaluation (split across ranks)
-    features: str = "digits"      # digits[:PATH] | inception:PATH | torchscript:PATH
+    features: str = "digits"      # digits[:PATH] | fid_inception[:PATH] | inception:PATH | torchscript:PATH
     use_ema: bool = True          # sample grids and evaluation from the EMA generator
+    kid_subsets: int = 10         # KID: the mean and std over this many random subsets ...
+    kid_subset_size: int = 1000   # ... of this many samples (fewer if a set is smaller)
 
 
 @dataclass
@@ -122,6 +129,7 @@ CHOICES = {
     "model.critic_norm": ("instance", "none"),
     "loss.kind": ("wgan_gp", "bce", "hinge", "ns_r1"),
     "train.precision": ("fp32", "bf16"),
+    "train.on_divergence": ("stop", "rollback"),
     "wandb.mode": ("disabled", "offline", "online"),
 }
 
@@ -220,8 +228,13 @@ RANGES = {
     "train.checkpoint_every": (1, None, True, True),
     "train.keep_checkpoints": (1, None, True, True),
     "train.ema_decay": (0.0, 1.0, True, False),
+    "train.rollback_lr_factor": (0.0, 1.0, False, True),
+    "train.max_rollbacks": (0, None, True, True),
+    "train.divergence_factor": (0.0, None, True, True),
     "eval.every": (0, None, True, True),
     "eval.num_samples": (2, None, True, True),
+    "eval.kid_subsets": (1, None, True, True),
+    "eval.kid_subset_size": (2, None, True, True),
 }
 
 
@@ -268,8 +281,19 @@ def validate(cfg: Config) -> Config:
         raise UserError("run.dir: must not be empty")
     if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
         raise UserError(f"optim.betas: expected two numbers in [0, 1), got {cfg.optim.betas}")
-    if cfg.eval.features.split(":", 1)[0] not in ("digits", "inception", "torchscript"):
-        raise UserError(f"eval.features: unknown {cfg.eval.features!r} (digits[:PATH] | inception:PATH | torchscript:PATH)")
+    if cfg.eval.features.split(":", 1)[0] not in ("digits", "fid_inception", "inception", "torchscript"):
+        raise UserError(f"eval.features: unknown {cfg.eval.features!r} "
+                        "(digits[:PATH] | fid_inception[:PATH] | inception:PATH | torchscript:PATH)")
+    if cfg.train.keep_best:
+        from gan_dist.evaluation import DIRECTION  # lower or higher is better, per metric
+
+        if cfg.train.keep_best not in DIRECTION:
+            raise UserError(f"train.keep_best: unknown metric {cfg.train.keep_best!r} (choose from "
+                            f"{', '.join(DIRECTION)})")
+        if not cfg.eval.every:
+            raise UserError("train.keep_best: needs evaluations (set eval.every, e.g. eval.every=500)")
+    if 0 < cfg.train.divergence_factor <= 1:
+        raise UserError(f"train.divergence_factor: must be 0 (off) or above 1, got {cfg.train.divergence_factor}")
     if not cfg.model.hidden or any(h <= 0 for h in cfg.model.hidden):
         raise UserError(f"model.hidden: expected a non-empty list of positive widths, got {cfg.model.hidden}")
     if cfg.data.channels not in (1, 3):

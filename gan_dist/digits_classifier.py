@@ -5,28 +5,46 @@ the same way) and saves it as TorchScript: `forward(x) -> logits [B, 10]` and
 `features(x) -> [B, 128]` (the penultimate layer), for images [B, 1, S, S] in [-1, 1] at the
 size it was trained at (the module's `image_size`). FILE.json beside it records image_size,
 num_classes and the held-out accuracy. It is the feature network of the `digits` evaluation
-spec (gan_dist.evaluation), which looks for runs/digits_classifier_{image_size}.pt by default.
+spec (gan_dist.evaluation). Without a PATH, load_or_create() uses the cache file
+default_path(S) = cache_dir() / digits_classifier_{S}.pt (cache_dir(): $GAN_DIST_CACHE, else
+$XDG_CACHE_HOME/gan_dist, else ~/.cache/gan_dist), training it there the first time (a few
+seconds, 12 epochs, seed 0), and rank 0 sends the file's bytes to every rank.
 """
 from __future__ import annotations
 
+import io
 import json
+import os
 import sys
+import uuid
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gan_dist import config, datasets
+from gan_dist.distributed import broadcast_object, raise_if_any
 from gan_dist.errors import UserError
 
 SPLIT_SEED = 20240607  # fixed: the held-out 20% is the same set whatever --seed trains with
 FEATURE_DIM = 128
 
 
+def cache_dir() -> Path:
+    """$GAN_DIST_CACHE, else $XDG_CACHE_HOME/gan_dist, else ~/.cache/gan_dist."""
+    if os.environ.get("GAN_DIST_CACHE"):
+        return Path(os.environ["GAN_DIST_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "gan_dist"
+    return Path.home() / ".cache" / "gan_dist"
+
+
 def default_path(image_size: int) -> Path:
-    return Path("runs") / f"digits_classifier_{image_size}.pt"
+    """The cached classifier for image_size (load_or_create makes it when it is missing)."""
+    return cache_dir() / f"digits_classifier_{image_size}.pt"
 
 
 def digits_tensors(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,15 +128,113 @@ def train(image_size: int = 16, epochs: int = 12, seed: int = 0, batch: int = 32
     return model, accuracy, len(test_idx)
 
 
-def save(model: nn.Module, out: str | Path, meta: dict) -> list[str]:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+def script_bytes(model: nn.Module) -> bytes:
+    """The TorchScript file of `model`, in memory."""
+    buffer = io.BytesIO()
     with warnings.catch_warnings():  # torch.jit is deprecated in torch 2.14 but works
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
-        torch.jit.script(model).save(str(out))
+        torch.jit.save(torch.jit.script(model), buffer)
+    return buffer.getvalue()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write under a temporary name in the same directory, then os.replace: a reader (another
+    job creating the same file at the same time) sees the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies, as for open()
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save(model: nn.Module, out: str | Path, meta: dict) -> list[str]:
+    out = Path(out)
     meta_path = out.with_suffix(".json")
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    write_atomic(out, script_bytes(model))
+    write_atomic(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
     return [str(out), str(meta_path)]
+
+
+def _meta(model: nn.Module, accuracy: float, held_out: int, epochs: int, seed: int) -> dict:
+    return {"image_size": model.image_size, "channels": 1, "num_classes": model.num_classes,
+            "feature_dim": FEATURE_DIM, "held_out_accuracy": accuracy, "held_out_images": held_out,
+            "epochs": epochs, "seed": seed}
+
+
+def _read_or_create(path: Optional[str], image_size: int, log, epochs: int) -> bytes:
+    if path:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise UserError(f"eval.features: digits classifier {p} not found; create it with "
+                            f"`python -m gan_dist.digits_classifier --out {p} --image-size {image_size}` "
+                            "or leave the path out (eval.features=digits) to use the cached one")
+        return p.read_bytes()
+    p = default_path(image_size)
+    try:
+        data = p.read_bytes()
+    except OSError:  # missing (or unreadable: then writing fails too, and says so)
+        pass
+    else:
+        problem = _check(data, image_size)
+        if problem is None:
+            return data
+        log(f"the cached digits classifier {p} is unusable ({problem}); replacing it")
+    log(f"creating the digits classifier for {image_size}x{image_size} images in {p} (once, cached)")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # these convolutions are too small to split (see the CLI's --threads)
+    try:
+        model, accuracy, held_out = train(image_size, epochs, seed=0, log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+    data = script_bytes(model)
+    try:
+        write_atomic(p.with_suffix(".json"),
+                     (json.dumps(_meta(model, accuracy, held_out, epochs, 0), indent=2) + "\n").encode())
+        write_atomic(p, data)
+    except OSError as e:
+        log(f"warning: cannot cache the digits classifier in {p} ({e.strerror or e}); using it from memory, "
+            "it is trained again next run (set GAN_DIST_CACHE to a writable directory)")
+    return data
+
+
+def _check(data: bytes, image_size: int) -> Optional[str]:
+    """None if `data` is a TorchScript digits classifier for image_size, else what is wrong."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+            module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+        size = int(module.image_size)
+    except Exception as e:  # a truncated or foreign file: torch.jit raises many types
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return None if size == image_size else f"it is for {size}x{size} images"
+
+
+def load_or_create(path: Optional[str], image_size: int, world, log=print, epochs: int = 12) -> bytes:
+    """The TorchScript file (bytes) of the digits classifier for image_size: `path` if given
+    (it must exist), else the cache file default_path(image_size), trained and saved there
+    first if missing (`epochs` only applies then). Only rank 0 touches the file system; every
+    rank gets rank 0's bytes, and rank 0's errors, at the same time. Every rank must call it."""
+    data, error, failure = None, None, None
+    if world.is_main:
+        try:
+            data = _read_or_create(path, image_size, log, epochs)
+        except Exception as e:  # every rank must hear of it, or the others wait in the broadcast
+            failure = e
+            error = str(e) if isinstance(e, UserError) else f"digits classifier: {type(e).__name__}: {e}"
+    try:
+        raise_if_any(error, world)
+    except UserError:
+        if failure is not None:
+            raise failure from None  # rank 0: its own exception, with its traceback
+        raise
+    return broadcast_object(data, world)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,21 @@
-"""Sample quality: Frechet distance in a feature network's space (FID with Inception v3) and
-conditional accuracy (the share of generated samples a classifier puts in the class asked for).
+"""Sample quality in a feature network's space: Frechet distance (FID), KID, improved
+precision and recall (fidelity and diversity apart: mode dropping lowers recall), class-wise
+Frechet distances and conditional accuracy for conditional models (gan_dist.metrics).
 
 Feature networks by spec (the config value eval.features):
-  inception:PATH    torchvision's Inception v3, 2048-d pool features, weights from PATH
-                    (the IMAGENET1K_V1 state_dict; nothing is downloaded). Comparable between
-                    runs here, not to published FIDs (those use the TF Inception port)
-  torchscript:PATH  a TorchScript module: images [B, C, H, W] in [-1, 1] -> features [B, D];
-                    if it also has a `features` method, forward's output is taken as logits
-  digits[:PATH]     the project's digits classifier (python -m gan_dist.digits_classifier),
-                    default PATH runs/digits_classifier_{image_size}.pt
+  digits[:PATH]         the project's digits classifier, found or created (a few seconds, once)
+                        in the cache (gan_dist.digits_classifier.cache_dir) unless PATH is given
+  fid_inception[:PATH]  the standard FID Inception (the TF-ported weights of pytorch-fid,
+                        torch-fidelity, torchmetrics): FIDs comparable with papers; weights from
+                        torch's hub cache (downloaded there on a connected machine) or PATH
+  inception:PATH        torchvision's Inception v3 (IMAGENET1K_V1 state_dict), 2048-d pool
+                        features: comparable between runs here, not to published FIDs
+  torchscript:PATH      a TorchScript module: images [B, C, H, W] in [-1, 1] -> features [B, D];
+                        if it also has a `features` method, forward's output is taken as logits
+
+The real set is split once into a reference half and a held-out half (at most REAL_IMAGES
+each): generated samples are scored against the reference, and so is the held-out half, which
+gives each metric's real-vs-real value (logged beside it as ref_NAME).
 
 evaluate() follows the equivalence principle: the global noise/label set depends on the seed
 only, rank r generates rows r, r+W, ..., and the gathered features are in global order, so W
@@ -16,17 +23,20 @@ ranks compute what one process computes, and every rank returns the same numbers
 """
 from __future__ import annotations
 
+import hashlib
+import io
+import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-from gan_dist.digits_classifier import default_path
-from gan_dist.distributed import World, gather_rows, rows
+from gan_dist import digits_classifier, metrics
+from gan_dist.distributed import World, broadcast_object, gather_rows, raise_if_any, rows
 from gan_dist.errors import UserError
 from gan_dist.seeding import seeded_generator
 
@@ -61,17 +71,13 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(diff @ diff + torch.trace(s1) + torch.trace(s2) - 2 * tr_covmean)
 
 
-def conditional_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Share of samples whose argmax class is the label they were generated for."""
-    return (logits.argmax(1).cpu() == labels.cpu()).double().mean().item()
-
-
 @dataclass
 class FeatureNet:
     """features(images in [-1, 1]) -> [B, D]; logits(images) -> [B, K], or None if it has none."""
     name: str
     features: Callable[[torch.Tensor], torch.Tensor]
     logits: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    identity: str = ""  # what the cached reference features were computed with
 
 
 def _jit_load(path: Path, device: torch.device, missing: str):
@@ -92,10 +98,13 @@ def _torchscript(path: Path, device: torch.device) -> FeatureNet:
     return FeatureNet(f"torchscript:{path}", module.forward)
 
 
-def _digits(path: Optional[str], device: torch.device, image_size: int) -> FeatureNet:
-    p = Path(path) if path else default_path(image_size)
-    module = _jit_load(p, device, f"digits classifier {p} not found; create it with "
-                       f"`python -m gan_dist.digits_classifier --out {p} --image-size {image_size}`")
+def _digits(path: Optional[str], device: torch.device, image_size: int, world: World) -> FeatureNet:
+    # rank 0 finds or creates it (cached) and sends every rank the same bytes
+    data = digits_classifier.load_or_create(path, image_size, world, log=lambda m: print(m, flush=True))
+    p = path or str(digits_classifier.default_path(image_size))
+    with warnings.catch_warnings():  # torch.jit is deprecated in torch 2.14 but works
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        module = torch.jit.load(io.BytesIO(data), map_location=device).eval()
     size = int(module.image_size)
 
     def check(x: torch.Tensor) -> torch.Tensor:  # resizing would silently change what is measured
@@ -105,7 +114,24 @@ def _digits(path: Optional[str], device: torch.device, image_size: int) -> Featu
                             f"`python -m gan_dist.digits_classifier --image-size {x.shape[-1]} --out ...`")
         return x
 
-    return FeatureNet(f"digits:{p}", lambda x: module.features(check(x)), lambda x: module(check(x)))
+    return FeatureNet(f"digits:{p}", lambda x: module.features(check(x)), lambda x: module(check(x)),
+                      identity=hashlib.sha256(data).hexdigest()[:16])
+
+
+def _fid_inception(path: str, device: torch.device, world: World) -> FeatureNet:
+    """Rank 0 first (it may download the weights into the cache), then the others."""
+    from gan_dist import inception
+
+    features, error = None, None
+    if world.is_main:
+        try:
+            features = inception.load(path, device)
+        except UserError as e:
+            error = str(e)
+    raise_if_any(error, world)
+    if features is None:
+        features = inception.load(path, device)
+    return FeatureNet(f"fid_inception:{path}" if path else "fid_inception", features, identity="fid_inception")
 
 
 def _inception(path: str, device: torch.device) -> FeatureNet:
@@ -139,18 +165,20 @@ def _inception(path: str, device: torch.device) -> FeatureNet:
     return FeatureNet(f"inception:{p}", features)
 
 
-def load_feature_network(spec: str, device, image_size: int = 16) -> FeatureNet:
+def load_feature_network(spec: str, device, image_size: int = 16, world: Optional[World] = None) -> FeatureNet:
     """A FeatureNet from a spec (module docstring); image_size picks the default digits file."""
-    device = torch.device(device)
+    device, world = torch.device(device), world or World()
     kind, _, path = spec.partition(":")
+    if kind == "fid_inception":
+        return _fid_inception(path, device, world)
     if kind == "inception":
         return _inception(path, device)
     if kind == "torchscript" and path:
         return _torchscript(Path(path), device)
     if kind == "digits":
-        return _digits(path or None, device, image_size)
+        return _digits(path or None, device, image_size, world)
     raise UserError(f"eval.features: unknown feature network {spec!r} "
-                    "(expected inception:PATH, torchscript:PATH, digits or digits:PATH)")
+                    "(expected digits[:PATH], fid_inception[:PATH], inception:PATH or torchscript:PATH)")
 
 
 @torch.no_grad()
@@ -158,71 +186,140 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, b
     return torch.cat([fn(images[i:i + batch].to(device).float()).float() for i in range(0, len(images), batch)])
 
 
-REAL_IMAGES = 10_000  # real images behind the reference statistics (fewer if the dataset is smaller)
+REAL_IMAGES = 10_000  # the most real images on each side of the reference split
+SPLIT_SEED = 20241125  # fixed: every run of a dataset compares against the same real images
+# Which way is better, per metric (train.keep_best); the class-wise ones need a conditional model.
+DIRECTION = {"fid": "min", "kid": "min", "precision": "max", "recall": "max", "cond_acc": "max",
+             "fid_class_mean": "min", "fid_class_max": "min"}
+NEEDS_CLASSES = ("cond_acc", "fid_class_mean", "fid_class_max")
 
 
-def real_statistics(feature_net: FeatureNet, real_images: torch.Tensor, world: World, device,
-                    batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mu, sigma) of the real images' features, every rank given ALL of them; see share_statistics."""
-    total = len(real_images)
-    return share_statistics(feature_net, real_images[rows(world)], total, world, device, batch)
+@dataclass
+class Reference:
+    """The real side of every metric, computed once per run: the features (and labels) of the
+    reference half of the real set, and what the other, held-out half scores against it --
+    real-vs-real, the value a perfect generator would reach at these sample sizes."""
+    features: torch.Tensor  # [M, D] float32, CPU
+    labels: torch.Tensor    # [M]
+    real_vs_real: dict
+
+    def __post_init__(self):
+        self.stats = feature_stats(self.features)
 
 
-def share_statistics(feature_net: FeatureNet, share: torch.Tensor, total: int, world: World, device,
-                     batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mu, sigma) of `total` real images' features, rank r holding only rows r, r+W, ... of
-    them (its share: a rank never loads the whole real set). Compute once per run and pass as
-    evaluate(real_stats=...): the real set does not change."""
-    if total < max(2, world.world_size):
-        raise UserError(f"evaluation: {total} real images are too few for {world.world_size} rank(s)")
-    feats = gather_rows(_batched(feature_net.features, share, batch, device), total, world)
-    return feature_stats(feats)
+def scores(features: torch.Tensor, labels: torch.Tensor, predicted: Optional[torch.Tensor],
+           reference: Reference, num_classes: int, eval_cfg) -> dict:
+    """Every metric of a set of features (generated, or held-out real) against the reference:
+    Frechet distance, KID, improved precision/recall, and for conditional models the
+    class-wise Frechet distances and the conditional accuracy (when the network classifies)."""
+    out = {"fid": frechet_distance(*feature_stats(features), *reference.stats)}
+    out["kid"], out["kid_std"] = metrics.kid(features, reference.features, eval_cfg.kid_subsets,
+                                             eval_cfg.kid_subset_size, seed=SPLIT_SEED)
+    out["precision"], out["recall"] = metrics.precision_recall(features, reference.features, k=3)
+    if num_classes:
+        per_class = metrics.class_frechet(features, labels, reference.features, reference.labels, num_classes)
+        if per_class:  # the class-wise mode dropping a global number averages away
+            out["fid_class_mean"] = sum(per_class.values()) / len(per_class)
+            out["fid_class_max"] = max(per_class.values())
+            out.update({f"fid_class/{c}": v for c, v in sorted(per_class.items())})
+        if predicted is not None:
+            out["cond_acc"] = (predicted.cpu() == labels.cpu()).double().mean().item()
+    return out
 
 
-def prepare(spec: str, dataset, world: World, device, image_size: int):
-    """(feature network, real statistics) for a run: loaded at start-up, so a bad network
-    fails before any training. Each rank loads only its share of the real images."""
+def _features(feature_net: FeatureNet, images: torch.Tensor, world: World, total: int, device,
+              batch: int = 256) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(features, predicted classes or None) of all `total` images, rank r holding rows r, r+W, ..."""
+    feats = gather_rows(_batched(feature_net.features, images, batch, device).cpu(), total, world)
+    if feature_net.logits is None:
+        return feats, None
+    predicted = _batched(feature_net.logits, images, batch, device).argmax(1).cpu()
+    return feats, gather_rows(predicted, total, world)
+
+
+def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reference, held-out) indices of a real set of n images: disjoint, equal in size, at
+    most REAL_IMAGES each, the same for every run."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    m = min(REAL_IMAGES, n // 2)
+    return perm[:m], perm[m:2 * m]
+
+
+def reference_from_shares(feature_net: FeatureNet, shares: dict, totals: dict, num_classes: int, eval_cfg,
+                          world: World, device) -> Reference:
+    """shares: {"reference"|"held_out": (images, labels)}, rank r holding rows r, r+W, ... of each
+    (a rank never loads the whole real set); totals: their full sizes."""
+    for name, total in totals.items():
+        if total < max(2, world.world_size):
+            raise UserError(f"evaluation: {total} real images in the {name} half are too few for "
+                            f"{world.world_size} rank(s)")
+    ref_feats, _ = _features(feature_net, shares["reference"][0], world, totals["reference"], device)
+    held_feats, held_pred = _features(feature_net, shares["held_out"][0], world, totals["held_out"], device)
+    ref_labels, held_labels = (gather_rows(shares[n][1].cpu(), totals[n], world) for n in ("reference", "held_out"))
+    reference = Reference(ref_feats, ref_labels, {})
+    reference.real_vs_real = scores(held_feats, held_labels, held_pred, reference, num_classes, eval_cfg)
+    return reference
+
+
+def prepare(cfg, dataset, world: World, info, run_dir) -> tuple[FeatureNet, Reference]:
+    """(feature network, reference) for a run: loaded at start-up, so a bad network fails
+    before any training. The reference is cached in RUN_DIR/eval/: a resumed run reads it."""
     from torch.utils.data import Subset
 
     from gan_dist.data import materialize
 
-    feature_net = load_feature_network(spec, device, image_size=image_size)
-    total = min(len(dataset), REAL_IMAGES)
-    share = materialize(Subset(dataset, range(total)[rows(world)]), torch.device("cpu"))[0]
-    return feature_net, share_statistics(feature_net, share, total, world, device)
+    feature_net = load_feature_network(cfg.eval.features, world.device, info.image_size, world)
+    ref_idx, held_idx = split(len(dataset))
+    key = hashlib.sha256(repr((feature_net.identity, feature_net.name, cfg.data.name, cfg.data.root,
+                               info.image_size, info.channels, len(dataset), len(ref_idx), cfg.eval.kid_subsets,
+                               cfg.eval.kid_subset_size)).encode()).hexdigest()[:16]
+    path = run_dir.eval / f"reference_{key}.pt"
+    cached = broadcast_object(world.is_main and path.is_file(), world)
+    if cached:  # every rank reads it: run.dir is shared (checked at start-up)
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            return feature_net, Reference(saved["features"], saved["labels"], saved["real_vs_real"])
+        except Exception as e:  # a damaged cache is recomputed, never trusted
+            logging.getLogger("gan_dist").warning(f"{path} is unreadable ({type(e).__name__}); recomputing it")
+    shares = {name: materialize(Subset(dataset, idx[rows(world)].tolist()), torch.device("cpu"))
+              for name, idx in (("reference", ref_idx), ("held_out", held_idx))}
+    reference = reference_from_shares(feature_net, shares, {"reference": len(ref_idx), "held_out": len(held_idx)},
+                                      info.num_classes, cfg.eval, world, world.device)
+    if world.is_main:
+        tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"features": reference.features, "labels": reference.labels,
+                        "real_vs_real": reference.real_vs_real}, tmp)
+            tmp.replace(path)
+        except OSError as e:  # only a cache: the run goes on
+            tmp.unlink(missing_ok=True)
+            logging.getLogger("gan_dist").warning(f"could not cache {path} ({e.strerror or e})")
+    return feature_net, reference
 
 
 @torch.no_grad()
-def evaluate(generator: torch.nn.Module, feature_net: FeatureNet, real_images: Optional[torch.Tensor],
-             num_samples: int, num_classes: int, z_dim: int, seed: int, world: World, device,
-             batch: int = 256, real_stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> dict:
-    """{"fid": float, "cond_acc": float or None} for num_samples generated images, the same on
-    every rank. `generator` is the bare module (not DDP): generator(z, onehot or None)."""
+def evaluate(generator: torch.nn.Module, feature_net: FeatureNet, reference: Reference, eval_cfg,
+             num_classes: int, z_dim: int, seed: int, world: World, batch: int = 256) -> dict:
+    """Every metric of eval_cfg.num_samples generated images (scores()), and the real-vs-real
+    value of each as ref_NAME; the same on every rank. `generator` is the bare module (not
+    DDP): generator(z, onehot or None)."""
+    num_samples, device = eval_cfg.num_samples, world.device
     if num_samples < max(2, world.world_size):
         raise UserError(f"eval.num_samples: {num_samples} must be at least 2 and at least the world size")
-    if real_stats is None:
-        if real_images is None:
-            raise UserError("evaluate: give real_images or real_stats")
-        real_stats = real_statistics(feature_net, real_images, world, device, batch)
     g = seeded_generator(seed, "eval")
     z = torch.randn(num_samples, z_dim, generator=g)
-    labels = torch.randint(max(num_classes, 1), (num_samples,), generator=g)
-    z, labels = z[rows(world)], labels[rows(world)]
-    onehot = F.one_hot(labels, num_classes).float() if num_classes else None
-    scored = bool(num_classes) and feature_net.logits is not None
-    feats, correct = [], torch.zeros(1, dtype=torch.float64)
+    labels = torch.randint(max(num_classes, 1), (num_samples,), generator=g)  # the same on every rank
+    mine = labels[rows(world)]
+    onehot = F.one_hot(mine, num_classes).float() if num_classes else None
     was_training = generator.training
     generator.eval()  # BatchNorm running statistics: a sample must not depend on its batch
     try:
-        for i in range(0, len(z), batch):
-            images = generator(z[i:i + batch].to(device),
-                               None if onehot is None else onehot[i:i + batch].to(device)).float()
-            feats.append(feature_net.features(images).float())
-            if scored:
-                correct += (feature_net.logits(images).argmax(1).cpu() == labels[i:i + batch]).sum()
+        images = torch.cat([generator(z[rows(world)][i:i + batch].to(device),
+                                      None if onehot is None else onehot[i:i + batch].to(device)).float().cpu()
+                            for i in range(0, len(mine), batch)])
     finally:
         generator.train(was_training)
-    fid = frechet_distance(*feature_stats(gather_rows(torch.cat(feats), num_samples, world)), *real_stats)
-    if scored and world.distributed:
-        dist.all_reduce(correct, group=world.cpu_group)  # counts, not shares: exact for any split
-    return {"fid": fid, "cond_acc": float(correct.item()) / num_samples if scored else None}
+    feats, predicted = _features(feature_net, images, world, num_samples, device, batch)
+    result = scores(feats, labels, predicted, reference, num_classes, eval_cfg)
+    return {**result, **{f"ref_{k}": v for k, v in reference.real_vs_real.items() if not k.startswith("fid_class/")}}

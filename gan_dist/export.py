@@ -30,11 +30,19 @@ log = logging.getLogger("gan_dist")
 Generate = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
 
-def load_generator(source: str | Path, ema: bool = True, models: Optional[Callable] = None) -> tuple[nn.Module, dict]:
-    """(generator in eval mode on CPU, metadata) from a run directory or a checkpoint file;
-    the EMA generator when the checkpoint has one, unless ema=False. The generator is rebuilt
-    by the checkpoint's model.kind, or by `models` (a factory) when given."""
+def load_generator(source: str | Path, ema: bool = True, models: Optional[Callable] = None,
+                   best: bool = False) -> tuple[nn.Module, dict]:
+    """(generator in eval mode on CPU, metadata) from a run directory (its latest checkpoint, or
+    its best.pt with best=True) or a checkpoint file; the EMA generator when the checkpoint has
+    one, unless ema=False. The generator is rebuilt by the checkpoint's model.kind, or by
+    `models` (a factory) when given."""
     source = Path(source)
+    if best:
+        if not source.is_dir():
+            raise UserError(f"--best: {source} is not a run directory (best.pt is in RUN_DIR/checkpoints/)")
+        source = RunDir(source).checkpoints / checkpoint.BEST
+        if not source.is_file():
+            raise UserError(f"--best: no {source} (train.keep_best=METRIC keeps it, from the first evaluation on)")
     if source.is_dir():
         found = checkpoint.load_latest(source)
         if found is None:
@@ -56,7 +64,8 @@ def load_generator(source: str | Path, ema: bool = True, models: Optional[Callab
     checkpoint.load_state(generator, state["generator_ema" if use_ema else "generator"], "generator", path)
     meta = {"ema": use_ema, "z_dim": generator.z_dim, "num_classes": generator.num_classes,
             "image_size": info.image_size, "channels": info.channels,
-            "step": int(state["step"]), "model": cfg.model.kind, "loss": cfg.loss.kind}
+            "step": int(state["step"]), "model": cfg.model.kind, "loss": cfg.loss.kind,
+            **({"best": state["best"]} if "best" in state else {})}
     return generator.eval(), meta
 
 
@@ -96,8 +105,8 @@ def _torchscript(wrapped: nn.Module, example: tuple) -> torch.jit.ScriptModule:
 
 
 def export(source: str | Path, out: str | Path, pt2: bool = False, ema: bool = True,
-           models: Optional[Callable] = None) -> dict:
-    generator, meta = load_generator(source, ema, models)
+           models: Optional[Callable] = None, best: bool = False) -> dict:
+    generator, meta = load_generator(source, ema, models, best)
     wrapped = (ConditionalGenerator if meta["num_classes"] else UnconditionalGenerator)(generator).eval()
     z = torch.randn(2, meta["z_dim"])
     args = (z, torch.eye(meta["num_classes"])[:2] if meta["num_classes"] > 1 else torch.ones(2, 1)) \
@@ -125,13 +134,13 @@ def _is_torchscript(path: Path) -> bool:
         return any("/code/" in n for n in z.namelist())
 
 
-def load_sampler(source: str | Path, raw: bool = False, models=None) -> tuple[Generate, dict]:
+def load_sampler(source: str | Path, raw: bool = False, models=None, best: bool = False) -> tuple[Generate, dict]:
     """(generate(z, onehot) -> images in [-1, 1], meta with z_dim, num_classes, ...) from a run
     directory (its latest checkpoint), a checkpoint file, or an exported FILE.pt + FILE.json."""
     source = Path(source)
     if not source.exists():
         raise UserError(f"source not found: {source}")
-    if source.is_file() and _is_torchscript(source):
+    if source.is_file() and _is_torchscript(source) and not best:
         sidecar = source.with_suffix(".json")
         if not sidecar.is_file():
             raise UserError(f"{source} is an exported generator but {sidecar} (z_dim, num_classes) is missing")
@@ -150,7 +159,7 @@ def load_sampler(source: str | Path, raw: bool = False, models=None) -> tuple[Ge
         def generate(z, onehot):
             return (module(z) if onehot is None else module(z, onehot)).float()
         return generate, meta
-    generator, meta = load_generator(source, ema=not raw, models=models)
+    generator, meta = load_generator(source, ema=not raw, models=models, best=best)
     return (lambda z, onehot: sampling.generate(generator, z, onehot)), meta
 
 

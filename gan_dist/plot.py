@@ -2,7 +2,8 @@
 
 PNGs from a run directory (default DIR: RUN_DIR/plots), usable while the run is training:
 losses.png (losses; wasserstein/gp for WGAN-GP or d_real/d_fake for BCE; gradient norms),
-quality.png (fid, cond_acc: only when the metrics have them), throughput.png (images_per_sec)
+quality.png (fid, kid, precision/recall, cond_acc: only when the metrics have them; each with
+its real-vs-real value, ref_NAME, as a dashed line), throughput.png (images_per_sec)
 and samples_strip.png (up to 6 evenly spaced sample grids from RUN_DIR/samples, captioned).
 """
 from __future__ import annotations
@@ -24,7 +25,10 @@ FIGURES = {
                    ("critic (WGAN-GP, R1)", ["wasserstein", "gp", "r1"]),
                    ("discriminator (BCE, hinge, NS)", ["d_real", "d_fake"]),
                    ("gradient norms", ["grad_norm_critic", "grad_norm_generator"])],
-    "quality.png": [("FID (lower is better)", ["fid"]), ("conditional accuracy", ["cond_acc"])],
+    "quality.png": [("Frechet distance (lower is better)", ["fid", "fid_class_mean", "fid_class_max"]),
+                    ("KID (lower is better)", ["kid"]),
+                    ("precision: fidelity, recall: diversity (higher is better)", ["precision", "recall"]),
+                    ("conditional accuracy", ["cond_acc"])],
     "throughput.png": [("throughput", ["images_per_sec"])],
 }
 STRIP = 6  # sample grids in samples_strip.png
@@ -58,7 +62,10 @@ def plot_panels(plt, rows: list[dict], panels: list, path: Path) -> bool:
         for k in keys:
             steps, values = series(rows, k, gaps)
             # markers on short series, so that a metric measured a few times still shows
-            ax.plot(steps, values, label=k, marker="." if len(steps) < 50 else None)
+            line, = ax.plot(steps, values, label=k, marker="." if len(steps) < 50 else None)
+            ref = [r[f"ref_{k}"] for r in rows if r.get(f"ref_{k}") is not None]
+            if ref:  # what held-out real images score: the line to aim for
+                ax.axhline(ref[-1], color=line.get_color(), linestyle="--", label=f"{k} real-vs-real")
         ax.set_title(title)
         ax.legend(loc="best")
         ax.grid(alpha=0.3)

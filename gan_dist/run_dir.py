@@ -53,6 +53,11 @@ class RunDir:
         return self.path / "config.yaml"
 
     @property
+    def eval(self) -> Path:
+        """Cached reference features of the real set (gan_dist.evaluation)."""
+        return self.path / "eval"
+
+    @property
     def plots(self) -> Path:
         return self.path / "plots"
 

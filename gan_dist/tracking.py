@@ -101,6 +101,21 @@ class Tracker:
             rows = [r for r in read_metrics(self.metrics_path) if r["step"] <= step]
             self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
+    def rollback(self, to_step: int, from_step: int, metrics: dict) -> None:
+        """Training returned from from_step to to_step: metrics.jsonl forgets the steps in
+        between and records the event at to_step; wandb, whose steps only increase, gets the
+        event at from_step and drops the replayed steps up to there (README)."""
+        if not self.active:
+            return
+        self._truncate_after(to_step)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps({"step": to_step, "rollback_from": from_step, **metrics}) + "\n")
+        if self.bar is not None:
+            self.bar.n = to_step
+            self.bar.refresh()
+        if self.wandb_run is not None:
+            self.wandb_run.log(metrics, step=from_step)
+
     def info(self, message: str) -> None:
         if self.bar is not None:
             self.bar.write(message)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import math
 import time
 from typing import Callable, Optional, Union
 
@@ -20,6 +21,7 @@ from gan_dist import checkpoint, distributed, evaluation, sampling
 from gan_dist.config import Config, dump, to_dict
 from gan_dist.data import BatchStream, DataInfo, build_dataset, check_dataset
 from gan_dist.distributed import World, all_reduce_mean, barrier, check_consistency, raise_if_any
+from gan_dist.divergence import Monitor
 from gan_dist.ema import EMA
 from gan_dist.errors import UserError
 from gan_dist.losses import build_loss
@@ -78,14 +80,20 @@ class Trainer:
 
         self.ema = EMA(self.generator, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         self.stream = BatchStream(dataset, cfg, world)
+        self.monitor = Monitor(cfg.train.divergence_factor)
+        self.best = None
+        if cfg.train.keep_best:
+            if cfg.train.keep_best in evaluation.NEEDS_CLASSES and not self.num_classes:
+                raise UserError(f"train.keep_best: {cfg.train.keep_best} needs a conditional model")
+            self.best = checkpoint.Best(cfg.train.keep_best, evaluation.DIRECTION[cfg.train.keep_best] == "min")
         # The stateful parts, saved and restored by name (beside them: step, config, data_info).
         self.parts = {"generator": self.generator, "critic": self.critic, "opt_generator": self.opt_g,
-                      "opt_critic": self.opt_c, "data": self.stream,
-                      **({"generator_ema": self.ema.module} if self.ema else {})}
-        self.feature_net = self.real_stats = None
-        if cfg.eval.every:  # load (and fail) before training; real statistics once per run
-            self.feature_net, self.real_stats = evaluation.prepare(cfg.eval.features, dataset, world, world.device,
-                                                                   self.info.image_size)
+                      "opt_critic": self.opt_c, "data": self.stream, "divergence": self.monitor,
+                      **({"generator_ema": self.ema.module} if self.ema else {}),
+                      **({"best": self.best} if self.best else {})}
+        self.feature_net = self.reference = None
+        if cfg.eval.every:  # load (and fail) before training; the real set's features once per run
+            self.feature_net, self.reference = evaluation.prepare(cfg, dataset, world, self.info, self.run_dir)
         self.step, self.wandb_run_id, self.last_metrics = 0, "", {}
         self._resume()
 
@@ -120,11 +128,42 @@ class Trainer:
         state, path = found
         checkpoint.check_compatible(state, cfg, path)
         checkpoint.restore(self.parts, state, path)
-        changes = checkpoint.apply_optimizer_config((self.opt_g, self.opt_c), cfg, state, self.world.world_size)
+        changes = checkpoint.apply_optimizer_config((self.opt_g, self.opt_c), cfg, state, self.world.world_size,
+                                                    self.lr_scale)
         self.step, self.wandb_run_id = int(state["step"]), str(state.get("wandb_run_id", ""))
         if self.world.is_main:
             print(f"resuming from {path} (step {self.step})" + (f"; changed: {', '.join(changes)}" if changes else ""),
                   flush=True)
+
+    @property
+    def lr_scale(self) -> float:
+        """What the rollbacks so far did to the learning rates."""
+        return self.cfg.train.rollback_lr_factor ** self.monitor.rollbacks
+
+    def _diverged(self, reason: str) -> None:
+        """Every rank is here at the same step with the same reason. Stop with one line, or
+        return every rank to the last checkpoint with lower learning rates."""
+        cfg = self.cfg
+        if cfg.train.on_divergence == "stop":
+            raise UserError(f"{reason}; stopped, checkpoints kept as they were "
+                            "(train.on_divergence=rollback returns to the last checkpoint instead)")
+        if self.monitor.rollbacks >= cfg.train.max_rollbacks:
+            raise UserError(f"{reason}; stopped after {self.monitor.rollbacks} rollback(s) "
+                            f"(train.max_rollbacks={cfg.train.max_rollbacks}), checkpoints kept as they were")
+        found = checkpoint.resume_state(self.run_dir.path, self.world, cfg.run.shared_fs_wait_s)
+        if found is None:
+            raise UserError(f"{reason}; no checkpoint to roll back to yet (the first is written at step "
+                            f"{cfg.train.checkpoint_every}, train.checkpoint_every)")
+        state, path = found
+        rollbacks, diverged_at = self.monitor.rollbacks + 1, self.step
+        checkpoint.restore(self.parts, state, path)
+        self.monitor.rollbacks = rollbacks  # the checkpoint's count is older
+        checkpoint.apply_optimizer_config((self.opt_g, self.opt_c), cfg, state, self.world.world_size, self.lr_scale)
+        self.step = int(state["step"])
+        self._start_window()
+        self.tracker.rollback(self.step, diverged_at, {"rollbacks": rollbacks, "lr": self.opt_g.param_groups[0]["lr"]})
+        self.tracker.warn(f"{reason} (step {diverged_at}): rolled back to {path.name} at step {self.step}, learning "
+                          f"rates x{self.lr_scale:g} (rollback {rollbacks} of at most {cfg.train.max_rollbacks})")
 
     # ---- one step -----------------------------------------------------------------------
     def _draw(self, step: int, phase: str):
@@ -196,9 +235,7 @@ class Trainer:
         self.tracker.info(f"training {cfg.model.kind}/{cfg.loss.kind} on {cfg.data.name}: steps {self.step}->"
                           f"{cfg.train.steps}, global batch {cfg.train.batch_size} on {world.world_size} rank(s), "
                           f"{torch.get_num_threads()} thread(s) each, device {world.device}")
-        self._window = torch.zeros(len(self.loss.stat_names) + 1, device=world.device)
-        self._first_bad = torch.full((1,), float("inf"), device=world.device)
-        self._window_start, self._window_steps = time.perf_counter(), 0
+        self._start_window()
         while self.step < cfg.train.steps:
             stats = self.train_step(self.step)
             # Remember the first step with a non-finite loss, without a host sync.
@@ -213,8 +250,8 @@ class Trainer:
             # stops at the same step even when only some ranks received the signal.
             stop = self.preemption.agree(world) > 0 and not last
             save_now = last or stop or self.step % cfg.train.checkpoint_every == 0
-            if save_now or self.step % cfg.train.log_every == 0:
-                self._log_window()
+            if (save_now or self.step % cfg.train.log_every == 0) and not self._log_window():
+                continue  # rolled back: a signal's flag stays up for the next step
             if last or self.step % cfg.train.sample_every == 0:
                 self.save_samples()
             if cfg.eval.every and (last or self.step % cfg.eval.every == 0):
@@ -236,18 +273,26 @@ class Trainer:
         barrier(self.world)
         return "stopped"
 
-    def _log_window(self) -> None:
+    def _start_window(self) -> None:
+        self._window = torch.zeros(len(self.loss.stat_names) + 1, device=self.world.device)
+        self._first_bad = torch.full((1,), float("inf"), device=self.world.device)
+        self._window_start, self._window_steps = time.perf_counter(), 0
+
+    def _log_window(self) -> bool:
         """Average the stats since the last log over steps and ranks (one all-reduce) and log
-        them; stop every rank at once if a loss went non-finite."""
+        them. False when the window diverged and every rank rolled back (see _diverged)."""
         cfg, world = self.cfg, self.world
         names = self.loss.stat_names + ("loss_gen",)
         means = all_reduce_mean(self._window / self._window_steps, world).tolist()
         if world.distributed:
             torch.distributed.all_reduce(self._first_bad, op=torch.distributed.ReduceOp.MIN)
-        if torch.isfinite(self._first_bad).item():  # the same on every rank: all stop here
-            bad = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, means))
-            raise UserError(f"loss is not finite at step {int(self._first_bad.item()) + 1} "
-                            f"(means since the last log: {bad}); stopped, checkpoints kept as they were")
+        first_bad = int(self._first_bad.item()) + 1 if torch.isfinite(self._first_bad).item() else None
+        # Means and gradient norms are the same on every rank: so is the verdict.
+        reason = self.monitor.check({**dict(zip(names, means)), **self._grad_norms()}, first_bad)
+        if reason is not None:
+            self._diverged(f"{reason} (means since the last log: "
+                           f"{', '.join(f'{n}={v:.4g}' for n, v in zip(names, means))})")
+            return False
         elapsed = time.perf_counter() - self._window_start
         # Images through the critic: real + fake per critic update, the fakes of the generator update.
         images = self._window_steps * cfg.train.batch_size * (2 * cfg.loss.n_critic + 1)
@@ -255,8 +300,8 @@ class Trainer:
                              "lr": self.opt_g.param_groups[0]["lr"], "images_per_sec": images / elapsed,
                              "step_time": elapsed / self._window_steps}
         self.tracker.log(self.step, self.last_metrics)
-        self._window.zero_()
-        self._window_start, self._window_steps = time.perf_counter(), 0
+        self._start_window()
+        return True
 
     def _grad_norms(self) -> dict:
         """Norms of the last update's gradients (already all-reduced: the same on every rank)."""
@@ -284,12 +329,16 @@ class Trainer:
         self.tracker.log_image(self.step, "samples", sampling.to_uint8_grid(images, self.sample_nrow))
 
     def evaluate(self) -> dict:
-        """Quality of the sampler (EMA by default): every rank generates its share."""
+        """Quality of the sampler (EMA by default): every rank generates its share. Keeps
+        checkpoints/best.pt when the train.keep_best metric improved (the same on every rank)."""
         cfg = self.cfg
-        result = evaluation.evaluate(self.sampler, self.feature_net, None, cfg.eval.num_samples, self.num_classes,
-                                     cfg.model.z_dim, cfg.seed, self.world, self.world.device,
-                                     real_stats=self.real_stats)
-        self.tracker.log(self.step, {k: v for k, v in result.items() if v is not None})
+        result = evaluation.evaluate(self.sampler, self.feature_net, self.reference, cfg.eval, self.num_classes,
+                                     cfg.model.z_dim, cfg.seed, self.world)
+        self.tracker.log(self.step, result)
+        value = result.get(cfg.train.keep_best) if self.best is not None else None
+        if value is not None and math.isfinite(value) and self.best.improves(value):
+            self.best.value, self.best.step = value, self.step
+            self.save_checkpoint(checkpoint.BEST)
         return result
 
     def state_dict(self) -> dict:
@@ -297,12 +346,13 @@ class Trainer:
                 "world_size": self.world.world_size, "config": to_dict(self.cfg), "data_info": dataclasses.asdict(self.info),
                 "wandb_run_id": self.wandb_run_id}
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, name: str = "") -> None:
+        """The step's checkpoint, or checkpoints/NAME (best.pt)."""
         check_consistency(self.world, self.generator, self.critic)
         error = None
         if self.world.is_main:
             try:
-                path = checkpoint.save(self.run_dir.path, self.state_dict(), self.cfg.train.keep_checkpoints)
+                path = checkpoint.save(self.run_dir.path, self.state_dict(), self.cfg.train.keep_checkpoints, name)
                 self.run_dir.write_config(dump(self.cfg))  # the settings the saved weights were trained under
                 self.tracker.info(f"saved {path}")
             except UserError as e:

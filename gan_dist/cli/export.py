@@ -1,4 +1,4 @@
-"""`python -m gan_dist.export SOURCE --out FILE.pt [--pt2] [--raw]`: the generator of a run
+"""`python -m gan_dist.export SOURCE --out FILE.pt [--pt2] [--raw] [--best]`: the generator of a run
 as TorchScript (+ FILE.json; --pt2: a torch.export program too). See gan_dist/export.py."""
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out", required=True, help="TorchScript file to write (FILE.json goes beside it)")
     p.add_argument("--pt2", action="store_true", help="also write a torch.export program FILE.pt2")
     p.add_argument("--raw", action="store_true", help="the raw generator, not its EMA")
+    p.add_argument("--best", action="store_true", help="the run's best checkpoint (train.keep_best), not its latest")
     args = p.parse_args(argv)
 
     def run() -> int:
-        result = export(args.source, args.out, args.pt2, ema=not args.raw)
-        print(f"exported step {result['step']} {'EMA ' if result['ema'] else ''}generator: "
+        result = export(args.source, args.out, args.pt2, ema=not args.raw, best=args.best)
+        best = f" (best {result['best']['metric']} {result['best']['value']:.4g})" if args.best else ""
+        print(f"exported step {result['step']}{best} {'EMA ' if result['ema'] else ''}generator: "
               f"{', '.join(result['files'])}")
         return 0
     return cli.run(run)

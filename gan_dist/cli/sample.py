@@ -70,11 +70,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--seed", type=int, help="noise seed: the same seed gives the same PNG (default: random)")
     p.add_argument("--raw", action="store_true",
                    help="use the raw generator when the checkpoint also holds an EMA one (default: EMA)")
+    p.add_argument("--best", action="store_true", help="the run directory's best checkpoint (train.keep_best)")
     args = p.parse_args(argv)
 
     def sample() -> int:
         seed = args.seed if args.seed is not None else torch.seed() % 2**31
-        generate, meta = load_sampler(args.source, args.raw)
+        generate, meta = load_sampler(args.source, args.raw, best=args.best)
         z, onehot, nrow = build_inputs(args, meta, torch.Generator().manual_seed(seed))
         sampling.save_grid(generate(z, onehot), args.out, nrow)
         which = " ".join(filter(None, [f"step {meta['step']}" if "step" in meta else "",

@@ -4,11 +4,14 @@ collectives, with one fault placed exactly where a test needs it (chosen by envi
 GAN_DIST_TEST_SIGNAL_IN_AGREE=K:R1,R2  ranks R1, R2 send themselves SIGUSR2 from INSIDE the
     K-th signal agreement (after the local flag was read, before the all-reduce runs): the
     race that lost signals, made deterministic.
-GAN_DIST_TEST_NAN_AT=K                 the critic's weights turn NaN before step K (1-based)
+GAN_DIST_TEST_NAN_AT=K                 the critic's weights turn NaN before step K (1-based), once
+GAN_DIST_TEST_BLOWUP_AT=K              the critic's weights are multiplied by 30 before step K, once
+GAN_DIST_TEST_FAULT_RANKS=R1,R2        ... on these ranks only (default: every rank)
 GAN_DIST_TEST_RECORD=DIR               each rank appends to DIR/rank{r}.txt what it did:
     "download" for each Fashion-MNIST download it ran (a fake one: writes IDX files after
     a second, so two concurrent downloads would overlap), "real N" for the real images it
-    loaded for the evaluation's reference statistics.
+    loaded for the evaluation's reference statistics, "rollback A -> B lr X" for each
+    rollback, "final STEP checksum C" when training returns.
 """
 import os
 import signal
@@ -44,15 +47,26 @@ if os.environ.get("GAN_DIST_TEST_SIGNAL_IN_AGREE"):
 
     dist.all_reduce = all_reduce_with_signal
 
-if os.environ.get("GAN_DIST_TEST_NAN_AT"):
+if os.environ.get("GAN_DIST_TEST_NAN_AT") or os.environ.get("GAN_DIST_TEST_BLOWUP_AT"):
     from gan_dist.trainer import Trainer
 
     train_step = Trainer.train_step
+    fired = set()
+    ranks = os.environ.get("GAN_DIST_TEST_FAULT_RANKS", "")
 
     def poisoned_step(self, step):
-        if step + 1 == int(os.environ["GAN_DIST_TEST_NAN_AT"]):
-            with torch.no_grad():
-                next(self.critic.parameters()).fill_(float("nan"))
+        # Once per process (a rollback replays the step: the fault does not come back), on
+        # every rank or those in GAN_DIST_TEST_FAULT_RANKS.
+        for kind in ("NAN", "BLOWUP"):
+            at = os.environ.get(f"GAN_DIST_TEST_{kind}_AT")
+            if at and step + 1 == int(at) and kind not in fired and (not ranks or str(RANK) in ranks.split(",")):
+                fired.add(kind)
+                with torch.no_grad():
+                    if kind == "NAN":
+                        next(self.critic.parameters()).fill_(float("nan"))
+                    else:  # finite but huge: the critic's scores and gradients explode
+                        for p in self.critic.parameters():
+                            p.mul_(30.0)
         return train_step(self, step)
 
     Trainer.train_step = poisoned_step
@@ -60,7 +74,7 @@ if os.environ.get("GAN_DIST_TEST_NAN_AT"):
 if os.environ.get("GAN_DIST_TEST_RECORD"):
     from torchvision import datasets
 
-    from gan_dist import data
+    from gan_dist import data, distributed
     from helpers import write_fashion_mnist
 
     def fake_download(self):  # as torchvision's: nothing to do when the files are there
@@ -78,6 +92,24 @@ if os.environ.get("GAN_DIST_TEST_RECORD"):
         return materialize(dataset, device)
 
     data.materialize = recording_materialize
+    from gan_dist.trainer import Trainer
+
+    diverged = Trainer._diverged
+
+    def recording_diverged(self, reason):
+        at = self.step
+        diverged(self, reason)
+        record(f"rollback {at} -> {self.step} lr {self.opt_g.param_groups[0]['lr']:g}")
+
+    Trainer._diverged = recording_diverged
+    fit = Trainer.fit
+
+    def recording_fit(self):
+        result = fit(self)
+        record(f"final {self.step} checksum {distributed.parameter_checksum(self.generator, self.critic)!r}")
+        return result
+
+    Trainer.fit = recording_fit
 
 if __name__ == "__main__":
     from gan_dist.cli.train import main
