@@ -164,7 +164,8 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     importlib.import_module("sklearn.datasets")  # the digits' import in every row, before the baseline
     rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    cfg = config.load(args.config, args.overrides)  # the parent appended run.dir, batch, threads
+    # the parent appended run.dir, batch, threads; no evaluation: it is not a training step
+    cfg = config.load(args.config, ["eval.every=0", *args.overrides])
     world = distributed.setup(distributed.detect(), threads=1, timeout_s=args.timeout)
     tr, finished = None, False
     try:

@@ -261,6 +261,23 @@ def reference_from_shares(feature_net: FeatureNet, shares: dict, totals: dict, n
     return reference
 
 
+def effective_every(cfg, own_data: bool, is_main: bool) -> int:
+    """eval.every, or 0 with a warning where the default feature network cannot measure the
+    data (it knows handwritten digits only): the default eval.every must not stop other runs."""
+    if not cfg.eval.every or cfg.eval.features.partition(":")[0] != "digits" or \
+            (cfg.data.name == "digits" and not own_data):
+        return cfg.eval.every
+    advice = "give eval.features=fid_inception[:PATH] or torchscript:PATH"
+    if cfg.train.keep_best:
+        raise UserError(f"train.keep_best: the digits classifier (eval.features={cfg.eval.features}) measures "
+                        f"handwritten digits only: {advice}")
+    if is_main:
+        logging.getLogger("gan_dist").warning(
+            f"evaluation is off: eval.features={cfg.eval.features} measures handwritten digits only, not "
+            f"{'your data' if own_data else cfg.data.name} ({advice}, or eval.every=0 to silence this)")
+    return 0
+
+
 def prepare(cfg, dataset, world: World, info, run_dir) -> tuple[FeatureNet, Reference]:
     """(feature network, reference) for a run: loaded at start-up, so a bad network fails
     before any training. The reference is cached in RUN_DIR/eval/: a resumed run reads it."""

@@ -92,7 +92,8 @@ class Trainer:
                       **({"generator_ema": self.ema.module} if self.ema else {}),
                       **({"best": self.best} if self.best else {})}
         self.feature_net = self.reference = None
-        if cfg.eval.every:  # load (and fail) before training; the real set's features once per run
+        self.eval_every = evaluation.effective_every(cfg, own_data=data is not None, is_main=world.is_main)
+        if self.eval_every:  # load (and fail) before training; the real set's features once per run
             self.feature_net, self.reference = evaluation.prepare(cfg, dataset, world, self.info, self.run_dir)
         self.step, self.wandb_run_id, self.last_metrics = 0, "", {}
         self._resume()
@@ -254,7 +255,7 @@ class Trainer:
                 continue  # rolled back: a signal's flag stays up for the next step
             if last or self.step % cfg.train.sample_every == 0:
                 self.save_samples()
-            if cfg.eval.every and (last or self.step % cfg.eval.every == 0):
+            if self.eval_every and (last or self.step % self.eval_every == 0):
                 self.evaluate()
             if save_now:
                 self.save_checkpoint()

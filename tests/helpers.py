@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 
 # A tiny but real run: the digits at 8x8, narrow models, a few steps.
-TINY = ["data.image_size=8", "model.width=8", "model.z_dim=16", "train.batch_size=16",
+# the book's WGAN-GP settings (n_critic 5, lr 1e-4, which the tests' figures assume), no evaluation
+TINY = ["data.image_size=8", "model.width=8", "model.z_dim=16", "train.batch_size=16", "eval.every=0",
+        "loss.n_critic=5", "optim.lr=1e-4", "train.ema_decay=0.999",
         "train.threads=1", "train.log_every=2", "train.sample_every=4", "train.checkpoint_every=4"]
 
 

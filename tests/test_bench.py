@@ -6,7 +6,7 @@ from pathlib import Path
 
 from helpers import base_env, ok, spawn
 
-TINY = ["data.image_size=8", "model.width=8", "train.batch_size=16", "--steps", "3", "--warmup", "1",
+TINY = ["data.image_size=8", "model.width=8", "train.batch_size=16", "loss.n_critic=5", "--steps", "3", "--warmup", "1",
         "--repeats", "1"]
 
 

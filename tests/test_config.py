@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_defaults_are_the_digits_wgan_gp_and_match_default_yaml():
     cfg = config.load()
     assert (cfg.data.name, cfg.model.kind, cfg.loss.kind) == ("digits", "dcgan", "wgan_gp")
-    assert (cfg.loss.gp_lambda, cfg.loss.n_critic, cfg.optim.lr, cfg.optim.betas) == (10.0, 5, 1e-4, [0.0, 0.9])
+    assert (cfg.loss.gp_lambda, cfg.loss.n_critic, cfg.optim.lr, cfg.optim.betas) == (10.0, 3, 2e-4, [0.0, 0.9])
     assert config.to_dict(config.load(str(REPO / "configs/default.yaml"))) == config.to_dict(cfg)
 
 

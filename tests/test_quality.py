@@ -152,3 +152,22 @@ def test_the_digits_classifier_is_made_once_by_rank_0(tmp_path, monkeypatch):
     assert "fid" in metrics_rows(tmp_path / "run")[-1]
     results = ok(train(TINY + EVAL + ["train.steps=4", f"run.dir={tmp_path / 'again'}"]))
     assert "creating" not in results[0].out + results[0].err
+
+
+def test_default_evaluation_steps_aside_for_data_it_cannot_measure(caplog):
+    from gan_dist import config
+    from gan_dist.errors import UserError
+    from gan_dist.evaluation import effective_every
+
+    digits = config.load(None, [])
+    assert digits.eval.every == 500 and effective_every(digits, own_data=False, is_main=True) == 500
+    folder = config.load(None, ["data.name=image_folder", "data.root=/x"])
+    with caplog.at_level("WARNING", logger="gan_dist"):
+        assert effective_every(folder, own_data=False, is_main=True) == 0
+    assert "evaluation is off" in caplog.text and "image_folder" in caplog.text
+    assert effective_every(digits, own_data=True, is_main=False) == 0  # gan_dist.fit(data=...)
+    assert effective_every(config.load(None, ["data.name=image_folder", "data.root=/x", "eval.features=torchscript:f.pt"]),
+                           own_data=False, is_main=True) == 500
+    with pytest.raises(UserError, match="train.keep_best: the digits classifier"):
+        effective_every(config.load(None, ["data.name=image_folder", "data.root=/x", "train.keep_best=fid"]),
+                        own_data=False, is_main=True)
