@@ -36,6 +36,10 @@ def test_book_configs_load():
     glasses = config.load(str(REPO / "configs/glasses_cwgan_gp.yaml"))
     assert (glasses.loss.kind, glasses.loss.gp_lambda, glasses.loss.n_critic, glasses.data.name) == ("wgan_gp", 10.0, 5, "image_folder")
     assert glasses.model.conditional and glasses.data.image_size == 256
+    # the chapter-4 variant that trains on real 28x28 digits: the book's MLP, NS + R1
+    ch4 = config.load(str(REPO / "configs/digits28_mlp_ns_r1.yaml"))
+    assert (ch4.model.kind, ch4.model.hidden, ch4.model.z_dim, ch4.loss.kind, ch4.data.image_size) == \
+        ("mlp", [1024, 512, 256], 100, "ns_r1", 28)
 
 
 def test_roundtrip_through_dict():
