@@ -100,7 +100,9 @@ def test_fashion_mnist_downloads_once_and_each_rank_loads_only_its_share_of_real
     lines = {r: (record / f"rank{r}.txt").read_text().split("\n") for r in (0, 1)}
     downloads = sum(line == "download" for rank in lines.values() for line in rank)
     assert downloads == 1 and "download" in lines[0]  # rank 0 fetched; rank 1 waited and found the files
-    assert "real 32" in lines[0] and "real 32" in lines[1]  # 64 real images, 32 each (not 64 each)
+    # 64 real images: a reference half and a held-out half of 32, each rank loading 16 of each (not 64)
+    for r in (0, 1):
+        assert [line for line in lines[r] if line.startswith("real")] == ["real 16", "real 16"], lines[r]
 
 
 def _feature_net(tmp_path: Path) -> Path:
