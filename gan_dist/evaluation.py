@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from gan_dist import digits_classifier, metrics
-from gan_dist.distributed import World, broadcast_object, gather_rows, raise_if_any, rows
+from gan_dist.distributed import World, broadcast_object, gather_rows, max_over_ranks, raise_if_any, rows
 from gan_dist.errors import UserError
 from gan_dist.seeding import seeded_generator
 
@@ -291,13 +291,16 @@ def prepare(cfg, dataset, world: World, info, run_dir) -> tuple[FeatureNet, Refe
                                info.image_size, info.channels, len(dataset), len(ref_idx), cfg.eval.kid_subsets,
                                cfg.eval.kid_subset_size)).encode()).hexdigest()[:16]
     path = run_dir.eval / f"reference_{key}.pt"
-    cached = broadcast_object(world.is_main and path.is_file(), world)
-    if cached:  # every rank reads it: run.dir is shared (checked at start-up)
+    if broadcast_object(world.is_main and path.is_file(), world):  # every rank reads it: run.dir is shared
+        reference = None
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
-            return feature_net, Reference(saved["features"], saved["labels"], saved["real_vs_real"])
-        except Exception as e:  # a damaged cache is recomputed, never trusted
-            logging.getLogger("gan_dist").warning(f"{path} is unreadable ({type(e).__name__}); recomputing it")
+            reference = Reference(saved["features"], saved["labels"], saved["real_vs_real"])
+        except Exception as e:  # damaged, or not yet visible to this node: recomputed, never trusted
+            logging.getLogger("gan_dist").warning(f"{path} is unreadable on rank {world.rank} "
+                                                  f"({type(e).__name__}); recomputing it")
+        if not max_over_ranks(int(reference is None), world):  # all ranks use it, or none does
+            return feature_net, reference
     shares = {name: materialize(Subset(dataset, idx[rows(world)].tolist()), torch.device("cpu"))
               for name, idx in (("reference", ref_idx), ("held_out", held_idx))}
     reference = reference_from_shares(feature_net, shares, {"reference": len(ref_idx), "held_out": len(held_idx)},

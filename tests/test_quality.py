@@ -171,3 +171,20 @@ def test_default_evaluation_steps_aside_for_data_it_cannot_measure(caplog):
     with pytest.raises(UserError, match="train.keep_best: the digits classifier"):
         effective_every(config.load(None, ["data.name=image_folder", "data.root=/x", "train.keep_best=fid"]),
                         own_data=False, is_main=True)
+
+
+def test_a_reference_cache_one_rank_cannot_read_is_recomputed_by_all(tmp_path):
+    """Rank 1 does not see RUN_DIR/eval/reference_*.pt (NFS lag, damage): every rank recomputes,
+    none waits alone in a collective; a damaged file is replaced."""
+    run = tmp_path / "run"
+    args = TINY + EVAL + [f"run.dir={run}"]
+    ok(train(args + ["train.steps=4"], world_size=2))
+    results = ok(train_injected(args + ["train.steps=8"], world_size=2, timeout=180,
+                                env_extra={"GAN_DIST_TEST_REFERENCE_UNSEEN": "1"}))
+    assert "unreadable on rank 1" in results[1].err and "unreadable" not in results[0].err
+    evals = [r for r in metrics_rows(run) if "fid" in r]
+    assert [r["step"] for r in evals] == [4, 8] and evals[0]["ref_fid"] == evals[1]["ref_fid"]
+    (cache,) = (run / "eval").glob("reference_*.pt")
+    cache.write_bytes(b"damaged")
+    ok(train(args + ["train.steps=12"], world_size=2))
+    assert torch.load(cache, weights_only=True)["features"].shape[0] > 0

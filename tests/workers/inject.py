@@ -7,6 +7,7 @@ GAN_DIST_TEST_SIGNAL_IN_AGREE=K:R1,R2  ranks R1, R2 send themselves SIGUSR2 from
 GAN_DIST_TEST_NAN_AT=K                 the critic's weights turn NaN before step K (1-based), once
 GAN_DIST_TEST_BLOWUP_AT=K              the critic's weights are multiplied by 30 before step K, once
 GAN_DIST_TEST_FAULT_RANKS=R1,R2        ... on these ranks only (default: every rank)
+GAN_DIST_TEST_REFERENCE_UNSEEN=R1      rank R1 cannot read the cached real reference (a lagging NFS view)
 GAN_DIST_TEST_RECORD=DIR               each rank appends to DIR/rank{r}.txt what it did:
     "download" for each Fashion-MNIST download it ran (a fake one: writes IDX files after
     a second, so two concurrent downloads would overlap), "real N" for the real images it
@@ -70,6 +71,16 @@ if os.environ.get("GAN_DIST_TEST_NAN_AT") or os.environ.get("GAN_DIST_TEST_BLOWU
         return train_step(self, step)
 
     Trainer.train_step = poisoned_step
+
+if os.environ.get("GAN_DIST_TEST_REFERENCE_UNSEEN"):
+    load = torch.load
+
+    def lagging_load(f, *args, **kwargs):  # this node does not see the cached reference yet (NFS)
+        if Path(str(f)).name.startswith("reference_") and str(RANK) in os.environ["GAN_DIST_TEST_REFERENCE_UNSEEN"].split(","):
+            raise FileNotFoundError(str(f))
+        return load(f, *args, **kwargs)
+
+    torch.load = lagging_load
 
 if os.environ.get("GAN_DIST_TEST_RECORD"):
     from torchvision import datasets
