@@ -335,8 +335,8 @@ def evaluate(generator: torch.nn.Module, feature_net: FeatureNet, reference: Ref
     was_training = generator.training
     generator.eval()  # BatchNorm running statistics: a sample must not depend on its batch
     try:
-        images = torch.cat([generator(z[rows(world)][i:i + batch].to(device),
-                                      None if onehot is None else onehot[i:i + batch].to(device)).float().cpu()
+        images = torch.cat([generator(z[rows(world)][i:i + batch].to(device),  # stay on the device
+                                      None if onehot is None else onehot[i:i + batch].to(device)).float()
                             for i in range(0, len(mine), batch)])
     finally:
         generator.train(was_training)

@@ -128,13 +128,21 @@ class Trainer:
             return
         state, path = found
         checkpoint.check_compatible(state, cfg, path)
-        checkpoint.restore(self.parts, state, path)
-        changes = checkpoint.apply_optimizer_config((self.opt_g, self.opt_c), cfg, state, self.world.world_size,
-                                                    self.lr_scale)
-        self.step, self.wandb_run_id = int(state["step"]), str(state.get("wandb_run_id", ""))
+        changes = self._load(state, path)
+        self.wandb_run_id = str(state.get("wandb_run_id", ""))
         if self.world.is_main:
             print(f"resuming from {path} (step {self.step})" + (f"; changed: {', '.join(changes)}" if changes else ""),
                   flush=True)
+
+    def _load(self, state: dict, path, rollbacks: Optional[int] = None) -> list[str]:
+        """Every stateful part and the step from a checkpoint (resume and rollback alike), the
+        config's optimizer settings on top (the lr scaled by the rollbacks); what changed."""
+        checkpoint.restore(self.parts, state, path)
+        if rollbacks is not None:  # a rollback: the checkpoint's count is older
+            self.monitor.rollbacks = rollbacks
+        self.step = int(state["step"])
+        return checkpoint.apply_optimizer_config((self.opt_g, self.opt_c), self.cfg, state, self.world.world_size,
+                                                 self.lr_scale)
 
     @property
     def lr_scale(self) -> float:
@@ -157,10 +165,7 @@ class Trainer:
                             f"{cfg.train.checkpoint_every}, train.checkpoint_every)")
         state, path = found
         rollbacks, diverged_at = self.monitor.rollbacks + 1, self.step
-        checkpoint.restore(self.parts, state, path)
-        self.monitor.rollbacks = rollbacks  # the checkpoint's count is older
-        checkpoint.apply_optimizer_config((self.opt_g, self.opt_c), cfg, state, self.world.world_size, self.lr_scale)
-        self.step = int(state["step"])
+        self._load(state, path, rollbacks)
         self._start_window()
         self.tracker.rollback(self.step, diverged_at, {"rollbacks": rollbacks, "lr": self.opt_g.param_groups[0]["lr"]})
         self.tracker.warn(f"{reason} (step {diverged_at}): rolled back to {path.name} at step {self.step}, learning "
@@ -287,9 +292,11 @@ class Trainer:
         means = all_reduce_mean(self._window / self._window_steps, world).tolist()
         if world.distributed:
             torch.distributed.all_reduce(self._first_bad, op=torch.distributed.ReduceOp.MIN)
-        first_bad = int(self._first_bad.item()) + 1 if torch.isfinite(self._first_bad).item() else None
+        first_bad = self._first_bad.item()
+        first_bad = int(first_bad) + 1 if math.isfinite(first_bad) else None
+        grad_norms = self._grad_norms()
         # Means and gradient norms are the same on every rank: so is the verdict.
-        reason = self.monitor.check({**dict(zip(names, means)), **self._grad_norms()}, first_bad)
+        reason = self.monitor.check({**dict(zip(names, means)), **grad_norms}, first_bad)
         if reason is not None:
             self._diverged(f"{reason} (means since the last log: "
                            f"{', '.join(f'{n}={v:.4g}' for n, v in zip(names, means))})")
@@ -297,7 +304,7 @@ class Trainer:
         elapsed = time.perf_counter() - self._window_start
         # Images through the critic: real + fake per critic update, the fakes of the generator update.
         images = self._window_steps * cfg.train.batch_size * (2 * cfg.loss.n_critic + 1)
-        self.last_metrics = {**dict(zip(names, means)), **self._grad_norms(), "epoch": self.stream.epoch,
+        self.last_metrics = {**dict(zip(names, means)), **grad_norms, "epoch": self.stream.epoch,
                              "lr": self.opt_g.param_groups[0]["lr"], "images_per_sec": images / elapsed,
                              "step_time": elapsed / self._window_steps}
         self.tracker.log(self.step, self.last_metrics)
