@@ -132,12 +132,13 @@ def static_checks(cfg: Config) -> tuple[list[Row], dict]:
     start = copy.deepcopy(critic.state_dict()), copy.deepcopy(generator.state_dict())
     grads = _critic_grads(critic, generator, loss, real, onehot)
     unused = [f"critic.{n}" for n, g in grads.items() if g is None]
-    critic.requires_grad_(False)
+    from gan_dist.trainer import frozen
+
     torch.manual_seed(0)
     z = torch.randn(len(real), generator.z_dim)
-    loss.generator_loss(critic, generator.train()(z, onehot), onehot).backward()
+    with frozen(critic):
+        loss.generator_loss(critic, generator.train()(z, onehot), onehot).backward()
     unused += [f"generator.{n}" for n, p in generator.named_parameters() if p.requires_grad and p.grad is None]
-    critic.requires_grad_(True)
     rows.append(Row("parameters without a gradient", "FAIL" if unused else "ok",
                     (", ".join(unused) + ": not used in the loss; DDP fails at the next step (remove them, or "
                      "freeze them with requires_grad_(False))") if unused else "every parameter gets one"))

@@ -11,6 +11,7 @@ import dataclasses
 import gc
 import math
 import time
+from contextlib import contextmanager
 from typing import Callable, Optional, Union
 
 import torch
@@ -30,6 +31,21 @@ from gan_dist.preemption import Preemption
 from gan_dist.run_dir import RunDir
 from gan_dist.seeding import draw, mix_seed
 from gan_dist.tracking import Tracker
+
+
+@contextmanager
+def frozen(module: torch.nn.Module):
+    """No parameter of `module` requires grad inside; afterwards exactly the flags there were
+    (a part the user froze stays frozen: DDP left it out of its reduction when it wrapped the
+    module, so training it would let each rank update it from its own data)."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 class Trainer:
@@ -203,15 +219,14 @@ class Trainer:
 
         z, labels, _ = self._draw(step, "generator")
         onehot = self._onehot(labels)
-        self.critic.requires_grad_(False)  # bare critic: no critic all-reduce in this phase
-        with torch.autocast(**self.autocast):
-            loss_g = self.loss.generator_loss(self.critic, self.generator_ddp(z, onehot), onehot)
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
+        with frozen(self.critic):  # the bare critic: no critic all-reduce in this phase
+            with torch.autocast(**self.autocast):
+                loss_g = self.loss.generator_loss(self.critic, self.generator_ddp(z, onehot), onehot)
+            self.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
         self.opt_g.step()
         if self.ema is not None:
             self.ema.update(self.generator, step)
-        self.critic.requires_grad_(True)
         return torch.cat([critic_stats / self.cfg.loss.n_critic, loss_g.detach().view(1)])
 
     # ---- the loop -----------------------------------------------------------------------

@@ -70,3 +70,32 @@ def test_after_a_two_rank_run_every_rank_holds_identical_parameters(tmp_path):
     assert r0["checksums"][0] == r0["checksums"][1]
     assert r0["max_abs_diff"] == 0.0 and r1["max_abs_diff"] == 0.0 and r0["num_params"] > 1000
     assert r0["drift_detected"] and r1["drift_detected"]  # the check fails loudly on every rank
+
+
+def test_frozen_parameters_stay_frozen_on_two_ranks(tmp_path):
+    """A critic's frozen first layer and a generator's frozen output layer (transfer learning):
+    bitwise unchanged after training on 2 ranks, while the rest trains and the ranks agree."""
+    import os
+
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    import frozen_models
+    from helpers import base_env
+
+    env = dict(base_env(), PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "fixtures"),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    args = TINY + ["model.kind=frozen_models:build", "loss.n_critic=2", "train.steps=3", "train.checkpoint_every=3",
+                   f"run.dir={tmp_path}/run"]
+    ok(train(args, world_size=2, env=env))
+    from gan_dist import config
+    from gan_dist.data import DataInfo
+
+    torch.manual_seed(0)
+    start = dict(zip(("generator", "critic"), frozen_models.build(config.load(None, args), DataInfo(10, 1, 8))))
+    state = latest_ckpt(tmp_path / "run")
+    for net, prefix in frozen_models.FROZEN.items():
+        frozen = [n for n, _ in start[net].named_parameters() if n.startswith(prefix)]
+        trained = [n for n, _ in start[net].named_parameters() if not n.startswith(prefix)]
+        assert frozen and trained
+        for name in frozen:
+            assert torch.equal(state[net][name], start[net].state_dict()[name]), f"{net}.{name} moved"
+        assert any(not torch.equal(state[net][n], start[net].state_dict()[n]) for n in trained), net
