@@ -154,6 +154,8 @@ class Trainer:
         """Every stateful part and the step from a checkpoint (resume and rollback alike), the
         config's optimizer settings on top (the lr scaled by the rollbacks); what changed."""
         checkpoint.restore(self.parts, state, path)
+        if self.best is not None:  # best.pt may be newer than this checkpoint
+            self.best.sync(self.run_dir.checkpoints / checkpoint.BEST, self.world)
         if rollbacks is not None:  # a rollback: the checkpoint's count is older
             self.monitor.rollbacks = rollbacks
         self.step = int(state["step"])
@@ -359,7 +361,7 @@ class Trainer:
                                      cfg.model.z_dim, cfg.seed, self.world)
         self.tracker.log(self.step, result)
         value = result.get(cfg.train.keep_best) if self.best is not None else None
-        if value is not None and math.isfinite(value) and self.best.improves(value):
+        if value is not None and self.best.improves(value, self.world):
             self.best.value, self.best.step = value, self.step
             self.save_checkpoint(checkpoint.BEST)
         return result

@@ -188,3 +188,24 @@ def test_a_reference_cache_one_rank_cannot_read_is_recomputed_by_all(tmp_path):
     cache.write_bytes(b"damaged")
     ok(train(args + ["train.steps=12"], world_size=2))
     assert torch.load(cache, weights_only=True)["features"].shape[0] > 0
+
+
+def test_the_value_to_beat_never_goes_backwards_and_rank_0_judges(tmp_path):
+    """best.pt (fid 5 at step 6) is newer than the step-4 checkpoint (best 10) that a rollback
+    and a resume load: a later 7 must not replace it. Rank 1's own numbers would judge
+    otherwise (4 beats 5): it follows rank 0's verdict."""
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    args = TINY + EVAL + ["eval.every=2", "train.keep_best=fid", "train.checkpoint_every=4"]
+    # rollback: NaN before step 7, detected at step 8's log -> back to step 4; evals 2 4 6 | 6 8
+    ok(train_injected(args + ROLLBACK + ["train.steps=8", f"run.dir={tmp_path}/run"], world_size=2,
+                      env_extra={"GAN_DIST_TEST_NAN_AT": "7", "GAN_DIST_TEST_EVAL_VALUES": "10,10,5,7,6",
+                                 "GAN_DIST_TEST_EVAL_VALUES_RANK1": "10,10,5,4,6"}))
+    assert load_ckpt(best)["best"] == {"metric": "fid", "value": 5.0, "step": 6}
+    assert load_ckpt(best)["step"] == 6
+    # resume from a step checkpoint older than best.pt (the newer one lost)
+    ok(train_injected(args + ["train.steps=6", f"run.dir={tmp_path}/b"], world_size=2,
+                      env_extra={"GAN_DIST_TEST_EVAL_VALUES": "10,10,5"}))
+    (tmp_path / "b" / "checkpoints" / "step_00000006.pt").unlink()
+    ok(train_injected(args + ["train.steps=8", f"run.dir={tmp_path}/b"], world_size=2,
+                      env_extra={"GAN_DIST_TEST_EVAL_VALUES": "7,6"}))
+    assert load_ckpt(tmp_path / "b" / "checkpoints" / "best.pt")["best"] == {"metric": "fid", "value": 5.0, "step": 6}

@@ -8,6 +8,9 @@ GAN_DIST_TEST_NAN_AT=K                 the critic's weights turn NaN before step
 GAN_DIST_TEST_BLOWUP_AT=K              the critic's weights are multiplied by 30 before step K, once
 GAN_DIST_TEST_FAULT_RANKS=R1,R2        ... on these ranks only (default: every rank)
 GAN_DIST_TEST_REFERENCE_UNSEEN=R1      rank R1 cannot read the cached real reference (a lagging NFS view)
+GAN_DIST_TEST_EVAL_VALUES=V1,V2,...  each evaluation returns the next value as every metric
+    (rank 1 reads GAN_DIST_TEST_EVAL_VALUES_RANK1 instead when it is set): a scripted
+    history for train.keep_best
 GAN_DIST_TEST_RECORD=DIR               each rank appends to DIR/rank{r}.txt what it did:
     "download" for each Fashion-MNIST download it ran (a fake one: writes IDX files after
     a second, so two concurrent downloads would overlap), "real N" for the real images it
@@ -81,6 +84,18 @@ if os.environ.get("GAN_DIST_TEST_REFERENCE_UNSEEN"):
         return load(f, *args, **kwargs)
 
     torch.load = lagging_load
+
+if os.environ.get("GAN_DIST_TEST_EVAL_VALUES"):
+    from gan_dist import evaluation
+
+    own = os.environ.get(f"GAN_DIST_TEST_EVAL_VALUES_RANK{RANK}") or os.environ["GAN_DIST_TEST_EVAL_VALUES"]
+    values = [float(v) for v in own.split(",")]
+
+    def scripted_evaluate(*args, **kwargs):
+        value = values.pop(0)
+        return {name: value for name in evaluation.DIRECTION}
+
+    evaluation.evaluate = scripted_evaluate
 
 if os.environ.get("GAN_DIST_TEST_RECORD"):
     from torchvision import datasets
