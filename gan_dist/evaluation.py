@@ -202,6 +202,7 @@ class Reference:
     features: torch.Tensor  # [M, D] float32, CPU
     labels: torch.Tensor    # [M]
     real_vs_real: dict
+    num_samples: int = 0    # held-out images behind real_vs_real: generated sets are scored at this n too
 
     def __post_init__(self):
         self.stats = feature_stats(self.features)
@@ -256,7 +257,7 @@ def reference_from_shares(feature_net: FeatureNet, shares: dict, totals: dict, n
     ref_feats, _ = _features(feature_net, shares["reference"][0], world, totals["reference"], device)
     held_feats, held_pred = _features(feature_net, shares["held_out"][0], world, totals["held_out"], device)
     ref_labels, held_labels = (gather_rows(shares[n][1].cpu(), totals[n], world) for n in ("reference", "held_out"))
-    reference = Reference(ref_feats, ref_labels, {})
+    reference = Reference(ref_feats, ref_labels, {}, totals["held_out"])
     reference.real_vs_real = scores(held_feats, held_labels, held_pred, reference, num_classes, eval_cfg)
     return reference
 
@@ -287,15 +288,23 @@ def prepare(cfg, dataset, world: World, info, run_dir) -> tuple[FeatureNet, Refe
 
     feature_net = load_feature_network(cfg.eval.features, world.device, info.image_size, world)
     ref_idx, held_idx = split(len(dataset))
+    # FID is biased by the sample count: generated and held-out real images are scored at the
+    # same n, so ref_* is the value a perfect generator reaches at this evaluation's size.
+    n = min(cfg.eval.num_samples, len(held_idx))
+    held_idx = held_idx[:n]
+    if world.is_main:
+        print(f"evaluation: {n} generated and {n} held-out real images, each against the {len(ref_idx)}-image "
+              "reference half" + (f" (eval.num_samples={cfg.eval.num_samples}: the held-out half has only {n})"
+                                  if n < cfg.eval.num_samples else ""), flush=True)
     key = hashlib.sha256(repr((feature_net.identity, feature_net.name, cfg.data.name, cfg.data.root,
-                               info.image_size, info.channels, len(dataset), len(ref_idx), cfg.eval.kid_subsets,
+                               info.image_size, info.channels, len(dataset), len(ref_idx), n, cfg.eval.kid_subsets,
                                cfg.eval.kid_subset_size)).encode()).hexdigest()[:16]
     path = run_dir.eval / f"reference_{key}.pt"
     if broadcast_object(world.is_main and path.is_file(), world):  # every rank reads it: run.dir is shared
         reference = None
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
-            reference = Reference(saved["features"], saved["labels"], saved["real_vs_real"])
+            reference = Reference(saved["features"], saved["labels"], saved["real_vs_real"], n)
         except Exception as e:  # damaged, or not yet visible to this node: recomputed, never trusted
             logging.getLogger("gan_dist").warning(f"{path} is unreadable on rank {world.rank} "
                                                   f"({type(e).__name__}); recomputing it")
@@ -321,10 +330,10 @@ def prepare(cfg, dataset, world: World, info, run_dir) -> tuple[FeatureNet, Refe
 @torch.no_grad()
 def evaluate(generator: torch.nn.Module, feature_net: FeatureNet, reference: Reference, eval_cfg,
              num_classes: int, z_dim: int, seed: int, world: World, batch: int = 256) -> dict:
-    """Every metric of eval_cfg.num_samples generated images (scores()), and the real-vs-real
-    value of each as ref_NAME; the same on every rank. `generator` is the bare module (not
-    DDP): generator(z, onehot or None)."""
-    num_samples, device = eval_cfg.num_samples, world.device
+    """Every metric of n generated images (scores()), n = eval_cfg.num_samples or fewer: the
+    reference's held-out count, so each value and its real-vs-real ref_NAME share a sample
+    size; the same on every rank. `generator` is the bare module (not DDP)."""
+    num_samples, device = min(eval_cfg.num_samples, reference.num_samples or eval_cfg.num_samples), world.device
     if num_samples < max(2, world.world_size):
         raise UserError(f"eval.num_samples: {num_samples} must be at least 2 and at least the world size")
     g = seeded_generator(seed, "eval")

@@ -165,3 +165,36 @@ def test_two_ranks_return_what_one_process_returns(tmp_path, classifier):
     assert r0.keys() == one.keys()
     for k in one:
         assert r0[k] == pytest.approx(one[k], rel=1e-5, abs=1e-9), (k, r0, one)
+
+
+@pytest.mark.parametrize("num_samples, size, n", [(40, 1797, 40), (1000, 200, 100)])
+def test_generated_and_real_vs_real_are_scored_at_the_same_n(tmp_path, classifier, num_samples, size, n):
+    """FID is biased by the sample count: ref_* must come from as many held-out images as the
+    generator is scored with, n = min(eval.num_samples, the held-out half)."""
+    from torch.utils.data import Subset, TensorDataset
+
+    from gan_dist import config
+    from gan_dist.data import DataInfo
+    from gan_dist.run_dir import RunDir
+
+    cfg = config.load(None, [f"eval.num_samples={num_samples}", f"eval.features=digits:{classifier}",
+                             "eval.kid_subsets=2", "eval.kid_subset_size=50"])
+    real, labels = digits_tensors(16)
+    dataset = Subset(TensorDataset(real, labels), range(size))
+    net, reference = E.prepare(cfg, dataset, World(), DataInfo(10, 1, 16), RunDir(tmp_path))
+    assert reference.num_samples == n
+    ref_idx, held_idx = E.split(size)
+    held = real[held_idx[:n]]
+    with torch.no_grad():
+        expected = E.scores(net.features(held), labels[held_idx[:n]], net.logits(held).argmax(1), reference, 10,
+                            cfg.eval)
+    assert reference.real_vs_real["fid"] == pytest.approx(expected["fid"], rel=1e-9)
+    seen = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, z, onehot):
+            seen.append(len(z))
+            return real[:len(z)]
+
+    result = E.evaluate(Counting(), net, reference, cfg.eval, 10, 16, seed=0, world=World())
+    assert sum(seen) == n and result["ref_fid"] == reference.real_vs_real["fid"]
