@@ -75,11 +75,14 @@ class Preemption:
         self._raise_to(agreed)
         return agreed
 
-    def settle(self, world: World) -> None:
+    def settle(self, world: World, agreed: int) -> None:
         """At a stop on SIGTERM inside a Slurm job: wait a moment and agree again. Slurm's
         preemption sends USR2 and TERM milliseconds apart (submitit's test interrupt TERM
-        first), and only USR2 means "requeue me": acting on TERM alone would end the job."""
-        if self.signum == signal.SIGTERM and os.environ.get("SLURM_JOB_ID"):
+        first), and only USR2 means "requeue me": acting on TERM alone would end the job.
+        Branches on `agreed` (what agree() returned, the same on every rank), never on this
+        rank's own flag, which a signal may have raised since: ranks that branched on their
+        own flags would not all enter the second agreement."""
+        if agreed == PRIORITY[signal.SIGTERM] and os.environ.get("SLURM_JOB_ID"):
             time.sleep(SETTLE_S)
             self.agree(world)
 

@@ -288,8 +288,8 @@ class Trainer:
     def _stop(self) -> str:
         """Every rank is here at the same step, that step saved. Rank 0 requeues (on USR2)
         while the others wait, so none exits before the requeue."""
-        self.preemption.agree(self.world)  # one that came in meanwhile counts
-        self.preemption.settle(self.world)  # ... and a USR2 that follows Slurm's TERM
+        agreed = self.preemption.agree(self.world)  # one that came in meanwhile counts
+        self.preemption.settle(self.world, agreed)  # ... and a USR2 that follows Slurm's TERM
         self.tracker.info(f"stopped by {self.preemption.name} at step {self.step} (saved); "
                           "the same command resumes from there")
         self.deferred_exit = self.preemption.requeue_if_asked(self.world.is_main)

@@ -84,3 +84,21 @@ def test_torchrun_forwards_usr2_with_signals_to_handle(tmp_path):
         kill(procs)
     stopped = _stop_step(result.out, "SIGUSR2")
     assert latest_ckpt(run)["step"] == stopped >= metrics_rows(run)[-1]["step"]
+
+
+def test_a_usr2_on_one_rank_after_the_agreement_does_not_split_the_ranks(tmp_path):
+    # Slurm job; TERM reaches both ranks inside the 3rd agreement, so they stop at step 4 on TERM;
+    # then rank 1 alone gets USR2 between that agreement and settle(). Every rank must still take
+    # settle's second agreement (branching on the agreed TERM), which turns the stop into USR2.
+    run, bin_dir = tmp_path / "run", tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/scontrol.log\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    env = dict(base_env(), SLURM_JOB_ID="777", PATH=f"{bin_dir}:{os.environ['PATH']}",
+               GAN_DIST_TEST_SIGNAL_IN_AGREE="3:0,1:SIGTERM", GAN_DIST_TEST_SIGNAL_BEFORE_SETTLE="1:SIGUSR2")
+    results = finish(start([sys.executable, INJECT, *LONG[:-1], "train.steps=40", f"run.dir={run}"], 2, env=env),
+                     timeout=120)
+    for r in results:
+        assert r.rc == 128 + signal.SIGUSR2, f"exit {r.rc}\n{r.out[-1500:]}\n{r.err[-1500:]}"
+    assert _stop_step(results[0].out, "SIGUSR2") == 4 and latest_ckpt(run)["step"] == 4
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "777"]  # rank 0 requeued, once

@@ -1,9 +1,11 @@
 """`python tests/workers/inject.py [gan_dist.train args]`: the real CLI, real ranks and real
 collectives, with one fault placed exactly where a test needs it (chosen by environment):
 
-GAN_DIST_TEST_SIGNAL_IN_AGREE=K:R1,R2  ranks R1, R2 send themselves SIGUSR2 from INSIDE the
-    K-th signal agreement (after the local flag was read, before the all-reduce runs): the
-    race that lost signals, made deterministic.
+GAN_DIST_TEST_SIGNAL_IN_AGREE=K:R1,R2[:SIG]  ranks R1, R2 send themselves SIGUSR2 (or SIG, e.g.
+    SIGTERM) from INSIDE the K-th signal agreement (after the local flag was read, before the
+    all-reduce runs): the race that lost signals, made deterministic.
+GAN_DIST_TEST_SIGNAL_BEFORE_SETTLE=R1,R2[:SIG]  these ranks send themselves SIGUSR2 (or SIG)
+    at a stop, between the agreement and Preemption.settle
 GAN_DIST_TEST_NAN_AT=K                 the critic's weights turn NaN before step K (1-based), once
 GAN_DIST_TEST_BLOWUP_AT=K              the critic's weights are multiplied by 30 before step K, once
 GAN_DIST_TEST_FAULT_RANKS=R1,R2        ... on these ranks only (default: every rank)
@@ -37,7 +39,8 @@ def record(line: str) -> None:
 
 
 if os.environ.get("GAN_DIST_TEST_SIGNAL_IN_AGREE"):
-    step, ranks = os.environ["GAN_DIST_TEST_SIGNAL_IN_AGREE"].split(":")
+    step, ranks, *name = os.environ["GAN_DIST_TEST_SIGNAL_IN_AGREE"].split(":")
+    in_agree = getattr(signal, name[0] if name else "SIGUSR2")
     calls = {"n": 0}
     all_reduce = dist.all_reduce
 
@@ -46,10 +49,24 @@ if os.environ.get("GAN_DIST_TEST_SIGNAL_IN_AGREE"):
         if op == dist.ReduceOp.MAX and tensor.dtype == torch.int64 and tensor.numel() == 1:
             calls["n"] += 1
             if calls["n"] == int(step) and str(RANK) in ranks.split(","):
-                os.kill(os.getpid(), signal.SIGUSR2)  # its handler runs before the next line
+                os.kill(os.getpid(), in_agree)  # its handler runs before the next line
         return all_reduce(tensor, op=op, group=group, async_op=async_op)
 
     dist.all_reduce = all_reduce_with_signal
+
+if os.environ.get("GAN_DIST_TEST_SIGNAL_BEFORE_SETTLE"):
+    from gan_dist.preemption import Preemption
+
+    ranks, *name = os.environ["GAN_DIST_TEST_SIGNAL_BEFORE_SETTLE"].split(":")
+    before_settle = getattr(signal, name[0] if name else "SIGUSR2")
+    settle = Preemption.settle
+
+    def settle_after_a_signal(self, *args, **kwargs):
+        if str(RANK) in ranks.split(","):
+            os.kill(os.getpid(), before_settle)
+        return settle(self, *args, **kwargs)
+
+    Preemption.settle = settle_after_a_signal
 
 if os.environ.get("GAN_DIST_TEST_NAN_AT") or os.environ.get("GAN_DIST_TEST_BLOWUP_AT"):
     from gan_dist.trainer import Trainer
