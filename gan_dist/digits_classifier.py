@@ -12,12 +12,10 @@ seconds, 12 epochs, seed 0), and rank 0 sends the file's bytes to every rank.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
 import uuid
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -25,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_dist import config, datasets
-from gan_dist.distributed import broadcast_object, raise_if_any
-from gan_dist.errors import UserError
+from gan_dist import config, datasets, jit
+from gan_dist.distributed import on_main
+from gan_dist.errors import UserError, first_line
 
 SPLIT_SEED = 20240607  # fixed: the held-out 20% is the same set whatever --seed trains with
 FEATURE_DIM = 128
@@ -130,11 +128,8 @@ def train(image_size: int = 16, epochs: int = 12, seed: int = 0, batch: int = 32
 
 def script_bytes(model: nn.Module) -> bytes:
     """The TorchScript file of `model`, in memory."""
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # torch.jit is deprecated in torch 2.14 but works
-        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
-        torch.jit.save(torch.jit.script(model), buffer)
-    return buffer.getvalue()
+    with jit.quiet():
+        return jit.to_bytes(torch.jit.script(model))
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -168,7 +163,10 @@ def _meta(model: nn.Module, accuracy: float, held_out: int, epochs: int, seed: i
             "epochs": epochs, "seed": seed}
 
 
-def _read_or_create(path: Optional[str], image_size: int, log, epochs: int) -> bytes:
+def read_or_create(path: Optional[str], image_size: int, log=print, epochs: int = 12) -> bytes:
+    """The classifier's file: `path` if given (it must exist), else the cache file
+    default_path(image_size), trained and saved there first if missing (`epochs` only applies
+    then). Call it on one rank (load_or_create, the feature networks' loader)."""
     if path:
         p = Path(path).expanduser()
         if not p.is_file():
@@ -207,34 +205,16 @@ def _read_or_create(path: Optional[str], image_size: int, log, epochs: int) -> b
 def _check(data: bytes, image_size: int) -> Optional[str]:
     """None if `data` is a TorchScript digits classifier for image_size, else what is wrong."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
-            module = torch.jit.load(io.BytesIO(data), map_location="cpu")
-        size = int(module.image_size)
+        size = int(jit.load(data).image_size)
     except Exception as e:  # a truncated or foreign file: torch.jit raises many types
-        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return first_line(e)
     return None if size == image_size else f"it is for {size}x{size} images"
 
 
 def load_or_create(path: Optional[str], image_size: int, world, log=print, epochs: int = 12) -> bytes:
-    """The TorchScript file (bytes) of the digits classifier for image_size: `path` if given
-    (it must exist), else the cache file default_path(image_size), trained and saved there
-    first if missing (`epochs` only applies then). Only rank 0 touches the file system; every
-    rank gets rank 0's bytes, and rank 0's errors, at the same time. Every rank must call it."""
-    data, error, failure = None, None, None
-    if world.is_main:
-        try:
-            data = _read_or_create(path, image_size, log, epochs)
-        except Exception as e:  # every rank must hear of it, or the others wait in the broadcast
-            failure = e
-            error = str(e) if isinstance(e, UserError) else f"digits classifier: {type(e).__name__}: {e}"
-    try:
-        raise_if_any(error, world)
-    except UserError:
-        if failure is not None:
-            raise failure from None  # rank 0: its own exception, with its traceback
-        raise
-    return broadcast_object(data, world)
+    """The TorchScript file (bytes) of the digits classifier for image_size, on every rank:
+    read_or_create on rank 0, its bytes (or its error) sent to every rank. Every rank must call it."""
+    return on_main(lambda: read_or_create(path, image_size, log, epochs), world, "digits classifier")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from gan_dist import slurm
-from gan_dist.errors import UserError
+from gan_dist.errors import UserError, first_line
 
 
 @dataclass
@@ -234,6 +234,44 @@ def raise_if_any(error: Optional[str], world: World) -> None:
     first = next((e for e in errors if e), None)
     if first:
         raise UserError(first)
+
+
+def on_main(fn, world: World, what: str) -> Any:
+    """fn() on rank 0 alone (it may download, create a cache, write a checkpoint); its result on
+    every rank, or its failure on every rank at once: a UserError's line, any other exception
+    named in one line ("what: Type: message") on the others and re-raised with its traceback on
+    rank 0. No rank is left waiting in a collective. Every rank must call it."""
+    result, error, failure = None, None, None
+    if world.is_main:
+        try:
+            result = fn()
+        except Exception as e:
+            failure, error = e, str(e) if isinstance(e, UserError) else f"{what}: {first_line(e)}"
+    result, error = broadcast_object((result, error), world)
+    if failure is not None:
+        raise failure
+    if error:
+        raise UserError(error)
+    return result
+
+
+def on_every_rank(fn, world: World, what: str) -> Any:
+    """fn() on every rank; the first failure anywhere stops every rank at once, with its line
+    (naming the rank), before any rank goes on into a collective. Every rank must call it."""
+    result, error, failure = None, None, None
+    try:
+        result = fn()
+    except Exception as e:
+        failure, error = e, str(e) if isinstance(e, UserError) else f"{what}: {first_line(e)}"
+        if world.distributed:
+            error = f"rank {world.rank}: {error}"
+    try:
+        raise_if_any(error, world)
+    except UserError:
+        if failure is not None and not isinstance(failure, UserError):
+            raise failure from None  # this rank's own exception, with its traceback
+        raise
+    return result
 
 
 def gather_floats(value: float, world: World) -> list[float]:

@@ -27,7 +27,6 @@ import hashlib
 import io
 import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -35,9 +34,9 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from gan_dist import digits_classifier, metrics
-from gan_dist.distributed import World, broadcast_object, gather_rows, max_over_ranks, raise_if_any, rows
-from gan_dist.errors import UserError
+from gan_dist import digits_classifier, jit, metrics
+from gan_dist.distributed import World, broadcast_object, gather_rows, max_over_ranks, on_every_rank, on_main, rows
+from gan_dist.errors import UserError, first_line
 from gan_dist.seeding import seeded_generator
 
 
@@ -80,31 +79,33 @@ class FeatureNet:
     identity: str = ""  # what the cached reference features were computed with
 
 
-def _jit_load(path: Path, device: torch.device, missing: str):
-    if not path.is_file():
-        raise UserError(f"eval.features: {missing}")
-    with warnings.catch_warnings():  # torch.jit is deprecated in torch 2.14 but works
-        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
-        try:
-            return torch.jit.load(str(path), map_location=device).eval()
-        except (RuntimeError, ValueError) as e:
-            raise UserError(f"eval.features: {path} is not TorchScript ({str(e).splitlines()[0]})") from None
+def _read(path: str, missing: str) -> bytes:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"eval.features: {missing.format(p=p)}")
+    return p.read_bytes()
 
 
-def _torchscript(path: Path, device: torch.device) -> FeatureNet:
-    module = _jit_load(path, device, f"TorchScript feature network {path} not found")
+def _torchscript(data: bytes, path: str, device: torch.device) -> torch.jit.ScriptModule:
+    try:
+        return jit.load(data, device)
+    except Exception as e:  # torch.jit raises many types for files that are not TorchScript
+        raise UserError(f"eval.features: {path} is not TorchScript ({first_line(e)})") from None
+
+
+def _torchscript_net(data: bytes, path: str, device: torch.device, image_size: int) -> FeatureNet:
+    module = _torchscript(data, path, device)
     if hasattr(module, "features"):  # a classifier: features() for FID, forward for logits
         return FeatureNet(f"torchscript:{path}", module.features, module.forward)
     return FeatureNet(f"torchscript:{path}", module.forward)
 
 
-def _digits(path: Optional[str], device: torch.device, image_size: int, world: World) -> FeatureNet:
-    # rank 0 finds or creates it (cached) and sends every rank the same bytes
-    data = digits_classifier.load_or_create(path, image_size, world, log=lambda m: print(m, flush=True))
+def _digits_net(data: bytes, path: str, device: torch.device, image_size: int) -> FeatureNet:
     p = path or str(digits_classifier.default_path(image_size))
-    with warnings.catch_warnings():  # torch.jit is deprecated in torch 2.14 but works
-        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
-        module = torch.jit.load(io.BytesIO(data), map_location=device).eval()
+    module = _torchscript(data, p, device)
+    if not isinstance(getattr(module, "image_size", None), int) or not hasattr(module, "features"):
+        raise UserError(f"eval.features: {p} is TorchScript but not a digits classifier (no image_size and "
+                        "features()): make one with `python -m gan_dist.digits_classifier --out PATH`")
     size = int(module.image_size)
 
     def check(x: torch.Tensor) -> torch.Tensor:  # resizing would silently change what is measured
@@ -114,47 +115,31 @@ def _digits(path: Optional[str], device: torch.device, image_size: int, world: W
                             f"`python -m gan_dist.digits_classifier --image-size {x.shape[-1]} --out ...`")
         return x
 
-    return FeatureNet(f"digits:{p}", lambda x: module.features(check(x)), lambda x: module(check(x)),
-                      identity=hashlib.sha256(data).hexdigest()[:16])
+    return FeatureNet(f"digits:{p}", lambda x: module.features(check(x)), lambda x: module(check(x)))
 
 
-def _fid_inception(path: str, device: torch.device, world: World) -> FeatureNet:
-    """Rank 0 first (it may download the weights into the cache), then the others."""
+def _fid_inception_net(data: bytes, path: str, device: torch.device, image_size: int) -> FeatureNet:
     from gan_dist import inception
 
-    features, error = None, None
-    if world.is_main:
-        try:
-            features = inception.load(path, device)
-        except UserError as e:
-            error = str(e)
-    raise_if_any(error, world)
-    if features is None:
-        features = inception.load(path, device)
-    return FeatureNet(f"fid_inception:{path}" if path else "fid_inception", features, identity="fid_inception")
+    features = inception.from_bytes(data, Path(path) if path else inception.cache_path(), device)
+    return FeatureNet(f"fid_inception:{path}" if path else "fid_inception", features)
 
 
-def _inception(path: str, device: torch.device) -> FeatureNet:
+def _inception_net(data: bytes, path: str, device: torch.device, image_size: int) -> FeatureNet:
     from torchvision.models import inception_v3
 
-    p = Path(path)
-    if not path or not p.is_file():
-        raise UserError("eval.features: the standard FID needs the Inception v3 weights file (torchvision's "
-                        "IMAGENET1K_V1 state_dict, inception_v3_google-0cc3c7bd.pth) as inception:PATH; "
-                        + (f"not found: {p}" if path else "no PATH given"))
     # transform_input=False: torchvision's pretrained pipeline feeds ImageNet-normalized images
     # and transform_input maps them back to (x01 - 0.5) / 0.5 before the first conv, i.e. to
     # [-1, 1]. Our images are already in [-1, 1], so they go in as they are (same numbers,
     # tested against transform_input=True with ImageNet normalization).
     net = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
             raise TypeError(f"it holds a {type(state).__name__}, not a dict of tensors")
         net.load_state_dict(state)
     except Exception as e:  # torch.load raises many types for files that are not checkpoints
-        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"eval.features: {p} is not an Inception v3 state_dict ({cause})") from None
+        raise UserError(f"eval.features: {path} is not an Inception v3 state_dict ({first_line(e)})") from None
     net.fc = torch.nn.Identity()  # 2048-d pool features, as FID uses
     net = net.to(device).eval()
 
@@ -162,23 +147,44 @@ def _inception(path: str, device: torch.device) -> FeatureNet:
         x = images.float().clamp(-1, 1).expand(-1, 3, -1, -1)  # grayscale -> 3 channels (RGB: no-op)
         return net(F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False))
 
-    return FeatureNet(f"inception:{p}", features)
+    return FeatureNet(f"inception:{path}", features)
+
+
+def _reader(kind: str, path: str, image_size: int) -> Callable[[], bytes]:
+    """What rank 0 runs to get the network's file (it may download or create it)."""
+    if kind == "digits":
+        return lambda: digits_classifier.read_or_create(path or None, image_size, log=lambda m: print(m, flush=True))
+    if kind == "fid_inception":
+        from gan_dist import inception
+
+        return lambda: inception.weights_file(path).read_bytes()
+    if kind == "inception":
+        needs = ("inception:PATH needs the Inception v3 weights file (torchvision's IMAGENET1K_V1 state_dict, "
+                 "inception_v3_google-0cc3c7bd.pth); ")
+        if not path:
+            raise UserError(f"eval.features: {needs}no PATH given")
+        return lambda: _read(path, needs + "not found: {p}")
+    return lambda: _read(path, "TorchScript feature network {p} not found")
+
+
+BUILDERS = {"digits": _digits_net, "fid_inception": _fid_inception_net, "inception": _inception_net,
+            "torchscript": _torchscript_net}
 
 
 def load_feature_network(spec: str, device, image_size: int = 16, world: Optional[World] = None) -> FeatureNet:
-    """A FeatureNet from a spec (module docstring); image_size picks the default digits file."""
+    """A FeatureNet from a spec (module docstring); image_size picks the default digits file.
+    One way for every network: rank 0 reads (or downloads, or creates) its file and sends the
+    bytes to every rank, so nodes need not share a cache or see the path; every rank builds the
+    network from them, and a failure anywhere stops every rank at once with its line."""
     device, world = torch.device(device), world or World()
     kind, _, path = spec.partition(":")
-    if kind == "fid_inception":
-        return _fid_inception(path, device, world)
-    if kind == "inception":
-        return _inception(path, device)
-    if kind == "torchscript" and path:
-        return _torchscript(Path(path), device)
-    if kind == "digits":
-        return _digits(path or None, device, image_size, world)
-    raise UserError(f"eval.features: unknown feature network {spec!r} "
-                    "(expected digits[:PATH], fid_inception[:PATH], inception:PATH or torchscript:PATH)")
+    if kind not in BUILDERS or (kind == "torchscript" and not path):
+        raise UserError(f"eval.features: unknown feature network {spec!r} "
+                        "(expected digits[:PATH], fid_inception[:PATH], inception:PATH or torchscript:PATH)")
+    data = on_main(_reader(kind, path, image_size), world, f"eval.features={spec}")
+    net = on_every_rank(lambda: BUILDERS[kind](data, path, device, image_size), world, f"eval.features={spec}")
+    net.identity = hashlib.sha256(data).hexdigest()[:16]
+    return net
 
 
 @torch.no_grad()

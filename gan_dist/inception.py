@@ -83,10 +83,10 @@ def weights_file(path: str) -> Path:
     return p
 
 
-def _state_dict(p: Path) -> dict:
+def _state_dict(p: Path, data: bytes) -> dict:
     """Tensors only (weights_only=True; torch-fidelity itself unpickles with weights_only=False)."""
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many types for files that are not checkpoints
         cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if cause.startswith("Weights only load failed"):  # torch's advice (weights_only=False) does not apply
@@ -108,9 +108,15 @@ def to_uint8(images: Tensor) -> Tensor:
 def load(path: str, device: torch.device) -> Callable[[Tensor], Tensor]:
     """features(images [B, C, H, W] float in [-1, 1], C = 1 or 3, any H, W) -> [B, 2048] float32:
     the pool features torch-fidelity computes for FID, on `device`."""
-    cls = _module_class()
+    _module_class()  # before any download: without torch-fidelity the file is of no use
     p = weights_file(path)
-    state = _state_dict(p)
+    return from_bytes(p.read_bytes(), p, device)
+
+
+def from_bytes(data: bytes, p: Path, device: torch.device) -> Callable[[Tensor], Tensor]:
+    """load() from the weights file's bytes (read by one rank, sent to every rank); p names it."""
+    cls = _module_class()
+    state = _state_dict(p, data)
     buffer = io.BytesIO()  # tensors we checked, handed over where torch-fidelity takes a path
     torch.save(state, buffer)
     buffer.seek(0)

@@ -198,3 +198,13 @@ def test_generated_and_real_vs_real_are_scored_at_the_same_n(tmp_path, classifie
 
     result = E.evaluate(Counting(), net, reference, cfg.eval, 10, 16, seed=0, world=World())
     assert sum(seen) == n and result["ref_fid"] == reference.real_vs_real["fid"]
+
+
+def test_a_digits_path_that_is_not_a_digits_classifier_is_one_line(tmp_path):
+    text, plain = tmp_path / "text.pt", tmp_path / "plain.pt"
+    text.write_text("not a network")
+    torch.jit.script(torch.nn.Linear(4, 4)).save(str(plain))  # TorchScript, but no image_size
+    for path, needle in ((text, "is not TorchScript"), (plain, "is TorchScript but not a digits classifier")):
+        with pytest.raises(UserError) as e:
+            E.load_feature_network(f"digits:{path}", "cpu", image_size=8)
+        assert needle in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)

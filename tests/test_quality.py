@@ -209,3 +209,25 @@ def test_the_value_to_beat_never_goes_backwards_and_rank_0_judges(tmp_path):
     ok(train_injected(args + ["train.steps=8", f"run.dir={tmp_path}/b"], world_size=2,
                       env_extra={"GAN_DIST_TEST_EVAL_VALUES": "7,6"}))
     assert load_ckpt(tmp_path / "b" / "checkpoints" / "best.pt")["best"] == {"metric": "fid", "value": 5.0, "step": 6}
+
+
+def _features_file(path, image_size=8):
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(image_size * image_size, 4))
+    torch.jit.script(net).save(str(path))
+    return path
+
+
+def test_a_feature_network_only_rank_0_sees_serves_every_rank(tmp_path):
+    """One way for every feature network: rank 0 reads the file, every rank gets its bytes. A
+    path rank 1 cannot see (node-local) trains; a file that is not TorchScript stops both ranks
+    with one line, none left waiting in a collective."""
+    features = _features_file(tmp_path / "node0_features.pt")
+    args = TINY + EVAL + ["train.steps=4", f"eval.features=torchscript:{features}"]
+    ok(train_injected(args + [f"run.dir={tmp_path}/run"], world_size=2, timeout=180,
+                      env_extra={"GAN_DIST_TEST_HIDE": f"1:{features.name}"}))
+    assert "fid" in metrics_rows(tmp_path / "run")[-1]
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not torchscript")
+    for r in train(TINY + EVAL + ["train.steps=4", f"eval.features=torchscript:{broken}", f"run.dir={tmp_path}/b"],
+                   world_size=2, timeout=120):
+        one_line_error(r, f"eval.features: {broken} is not TorchScript")

@@ -13,6 +13,8 @@ GAN_DIST_TEST_REFERENCE_UNSEEN=R1      rank R1 cannot read the cached real refer
 GAN_DIST_TEST_EVAL_VALUES=V1,V2,...  each evaluation returns the next value as every metric
     (rank 1 reads GAN_DIST_TEST_EVAL_VALUES_RANK1 instead when it is set): a scripted
     history for train.keep_best
+GAN_DIST_TEST_HIDE=R1,R2:NAME         on these ranks no file called NAME exists (a node-local path,
+    a hub cache another node filled)
 GAN_DIST_TEST_RECORD=DIR               each rank appends to DIR/rank{r}.txt what it did:
     "download" for each Fashion-MNIST download it ran (a fake one: writes IDX files after
     a second, so two concurrent downloads would overlap), "real N" for the real images it
@@ -113,6 +115,33 @@ if os.environ.get("GAN_DIST_TEST_EVAL_VALUES"):
         return {name: value for name in evaluation.DIRECTION}
 
     evaluation.evaluate = scripted_evaluate
+
+if os.environ.get("GAN_DIST_TEST_HIDE"):
+    import builtins
+    import pathlib
+
+    ranks, hidden = os.environ["GAN_DIST_TEST_HIDE"].split(":", 1)
+    if str(RANK) in ranks.split(","):
+        def _hides(f) -> bool:
+            return isinstance(f, (str, os.PathLike)) and Path(f).name == hidden
+
+        def _hiding(fn, missing):
+            def wrapper(f, *args, **kwargs):
+                if _hides(f):
+                    return missing(f)
+                return fn(f, *args, **kwargs)
+            return wrapper
+
+        def _not_found(f):
+            raise FileNotFoundError(2, "No such file or directory", str(f))
+
+        builtins.open = _hiding(builtins.open, _not_found)
+        torch.load = _hiding(torch.load, _not_found)
+        torch.jit.load = _hiding(torch.jit.load, _not_found)
+        for name in ("read_bytes", "open"):
+            setattr(pathlib.Path, name, _hiding(getattr(pathlib.Path, name), _not_found))
+        for name in ("is_file", "exists"):
+            setattr(pathlib.Path, name, _hiding(getattr(pathlib.Path, name), lambda f: False))
 
 if os.environ.get("GAN_DIST_TEST_RECORD"):
     from torchvision import datasets
