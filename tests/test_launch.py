@@ -100,9 +100,10 @@ def test_fashion_mnist_downloads_once_and_each_rank_loads_only_its_share_of_real
     lines = {r: (record / f"rank{r}.txt").read_text().split("\n") for r in (0, 1)}
     downloads = sum(line == "download" for rank in lines.values() for line in rank)
     assert downloads == 1 and "download" in lines[0]  # rank 0 fetched; rank 1 waited and found the files
-    # 64 real images: a reference half and a held-out half of 32, each rank loading 16 of each (not 64)
+    # 64 real images: a reference half of 32, each rank loading 16 (not 64), and of the held-out
+    # half the 16 that eval.num_samples scores against, 8 per rank
     for r in (0, 1):
-        assert [line for line in lines[r] if line.startswith("real")] == ["real 16", "real 16"], lines[r]
+        assert [line for line in lines[r] if line.startswith("real")] == ["real 16", "real 8"], lines[r]
 
 
 def _feature_net(tmp_path: Path) -> Path:
