@@ -41,6 +41,8 @@ class WGANGP:
     def __init__(self, gp_lambda: float, gp_every: int = 1):
         self.gp_lambda, self.gp_every = gp_lambda, gp_every
 
+    needs_double_backward = True  # the penalty differentiates a gradient: torch.compile cannot
+
     def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
                     onehot: Optional[torch.Tensor], alpha: torch.Tensor, update: int = 0):
         """`update` counts critic updates; with gp_every=k the penalty is computed on every k-th
@@ -69,6 +71,7 @@ class WGANGP:
 class BCE:
     """Logits + BCEWithLogitsLoss (stable); the generator's loss is the non-saturating one."""
     stat_names = ("loss_critic", "d_real", "d_fake")
+    needs_double_backward = False
 
     def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
                     onehot: Optional[torch.Tensor], alpha: torch.Tensor, update: int = 0):
@@ -88,6 +91,7 @@ class Hinge:
     """The hinge loss of SAGAN and BigGAN: relu(1 - D(real)) + relu(1 + D(fake)) for the
     critic, -D(fake) for the generator. Usually with a spectral-norm critic."""
     stat_names = ("loss_critic", "d_real", "d_fake")
+    needs_double_backward = False
 
     def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
                     onehot: Optional[torch.Tensor], alpha: torch.Tensor, update: int = 0):
@@ -105,6 +109,8 @@ class NonSaturatingR1:
     for the generator, and gamma/2 * R1 on the real images, lazily: every k-th critic update
     weighted by k (loss.gp_every), the update without it being one forward over real+fake."""
     stat_names = ("loss_critic", "r1", "d_real", "d_fake")
+
+    needs_double_backward = True  # R1 differentiates a gradient
 
     def __init__(self, gamma: float, every: int = 1):
         self.gamma, self.every = gamma, every

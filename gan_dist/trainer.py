@@ -117,10 +117,10 @@ class Trainer:
         self.generator_ddp = distributed.wrap(self.generator, world)
         self.critic_ddp = distributed.wrap(self.critic, world)
         if cfg.train.compile:
-            # The penalty's double backward does not go through torch.compile (README), so a
-            # WGAN-GP critic stays eager; the generator and a BCE critic are compiled.
+            # A penalty's double backward (WGAN-GP, R1) does not go through torch.compile
+            # (README): such a critic stays eager; the generator is always compiled.
             self.generator_ddp = torch.compile(self.generator_ddp)
-            if cfg.loss.kind != "wgan_gp":
+            if not self.loss.needs_double_backward:
                 self.critic_ddp = torch.compile(self.critic_ddp)
 
     def close(self) -> None:
