@@ -11,6 +11,7 @@ models.check_contract and datasets.check_dataset.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Callable
 
 from gan_dist.errors import UserError
@@ -57,10 +58,16 @@ def dataset_factory(spec: str) -> Callable:
 
 
 def name_of(factory: Callable) -> str:
-    """The import path that resolves to `factory` (what a checkpoint records, so export can
-    rebuild the generator), or "" when it cannot be imported (defined in a launch script)."""
-    module, name = getattr(factory, "__module__", ""), getattr(factory, "__qualname__", "")
-    if not module or module == "__main__" or "<" in name:
+    """The import path that resolves to `factory` itself (what a checkpoint records, so export
+    can rebuild the generator), or "" when there is none: a factory defined in a launch script,
+    a functools.partial, a callable object, a lambda."""
+    module, name = getattr(factory, "__module__", None), getattr(factory, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(name, str) or module == "__main__" or "<" in name:
+        return ""
+    obj = sys.modules.get(module)
+    for part in name.split("."):
+        obj = getattr(obj, part, None)
+    if obj is not factory:  # the path names something else (or nothing)
         return ""
     for table in (MODELS, DATASETS):
         for short, path in table.items():

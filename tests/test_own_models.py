@@ -111,3 +111,22 @@ def test_model_contract_violations_are_one_line_at_start(tmp_path, capsys, monke
 
     one_line_error(Proc(rc, out, err), f"model.kind=broken_models:{factory}", message)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_fit_takes_a_partial_and_a_callable_object_as_the_factory(tmp_path):
+    import functools
+
+    import gan_dist
+    from gan_dist import registry
+
+    sys.path.insert(0, str(REPO / "examples"))
+    from own_models import build
+
+    class Factory:
+        def __call__(self, cfg, info):
+            return build(cfg, info)
+
+    assert registry.name_of(build) == "own_models:build" and registry.name_of(Factory()) == ""
+    for i, factory in enumerate((functools.partial(build), Factory())):
+        result = gan_dist.fit(None, models=factory, overrides=TINY + ["train.steps=1", f"run.dir={tmp_path}/{i}"])
+        assert result.step == 1 and latest_ckpt(tmp_path / str(i))["config"]["model"]["kind"].startswith("__main__:")
