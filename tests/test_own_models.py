@@ -58,8 +58,11 @@ def test_fit_in_process_with_a_model_pair_and_resume(tmp_path, capsys):
         torch.manual_seed(0)
         cfg = gan_dist.api._as_config(None, TINY)
         return build(cfg, DataInfo(10, 1, 8))
-    result = gan_dist.fit(None, models=pair(), overrides=TINY + ["train.steps=2", f"run.dir={tmp_path}"])
+    generator, critic = pair()
+    result = gan_dist.fit(None, models=(generator, critic), overrides=TINY + ["train.steps=2", f"run.dir={tmp_path}"])
     assert (result.status, result.step, result.exit_code) == ("finished", 2, 0)
+    # the start-up size estimate leaves no hook on the user's modules (each would run every forward)
+    assert sum(len(m._forward_hooks) for net in (generator, critic) for m in net.modules()) == 0
     assert result.checkpoint.name == "step_00000002.pt" and "loss_critic" in result.metrics
     assert result.generator(torch.randn(2, 16), torch.eye(10)[:2]).shape == (2, 1, 8, 8)
     again = gan_dist.fit(None, models=pair(), overrides=TINY + ["train.steps=4", f"run.dir={tmp_path}"])

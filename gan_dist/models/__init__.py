@@ -107,11 +107,13 @@ def estimate_bytes(cfg: Config, info: DataInfo, local_batch: int, factory: Optio
         generator, critic = build_models(cfg, info, factory)  # may raise: check_fits skips the estimate
         hooks = [m.register_forward_hook(count) for net in (generator, critic) for m in net.modules()
                  if not list(m.children())]
-        k = generator.num_classes
-        onehot = torch.zeros(local_batch, k) if k else None
-        critic(generator(torch.zeros(local_batch, generator.z_dim), onehot), onehot)
-        for h in hooks:
-            h.remove()
+        try:  # a pair of live modules (fit(models=(G, C))) fails here: its hooks must go too
+            k = generator.num_classes
+            onehot = torch.zeros(local_batch, k) if k else None
+            critic(generator(torch.zeros(local_batch, generator.z_dim), onehot), onehot)
+        finally:
+            for h in hooks:
+                h.remove()
     params = sum(p.numel() * p.element_size() for net in (generator, critic) for p in net.parameters())
     return params, activations
 
