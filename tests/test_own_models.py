@@ -56,7 +56,9 @@ def test_fit_in_process_with_a_model_pair_and_resume(tmp_path, capsys):
 
     def pair():
         torch.manual_seed(0)
-        cfg = gan_dist.api._as_config(None, TINY)
+        from gan_dist import api
+
+        cfg = api._as_config(None, TINY)
         return build(cfg, DataInfo(10, 1, 8))
     generator, critic = pair()
     result = gan_dist.fit(None, models=(generator, critic), overrides=TINY + ["train.steps=2", f"run.dir={tmp_path}"])
