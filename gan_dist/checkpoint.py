@@ -88,12 +88,15 @@ def save(run_dir: str | Path, state: dict[str, Any], keep: int, name: str = "") 
         cause = os_error.strerror if os_error is not None and os_error.strerror else _describe(e)
         raise UserError(f"checkpoint {final}: cannot write ({cause}); removed the partial file, "
                         "the earlier checkpoints are intact") from None
-    if not name:
-        for old in list_checkpoints(run_dir)[:-keep]:
-            old.unlink(missing_ok=True)
-    # Left by a writer killed mid-write. Only the lock holder saves, so any other is stale.
-    for stale in d.glob(".*.pt.tmp.*"):
-        stale.unlink(missing_ok=True)
+    # The new checkpoint is in place: what follows only tidies up, and a failure to remove a
+    # file (permissions, a flaky NFS server) is a warning, never a stop.
+    old = list_checkpoints(run_dir)[:-keep] if not name else []
+    stale = list(d.glob(".*.pt.tmp.*"))  # left by a writer killed mid-write (only the lock holder saves)
+    for path in old + stale:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:
+            logging.getLogger("gan_dist").warning(f"could not remove {path} ({e.strerror or e}); it stays")
     return final
 
 

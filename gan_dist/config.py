@@ -232,7 +232,7 @@ RANGES = {
     "train.max_rollbacks": (0, None, True, True),
     "train.divergence_factor": (0.0, None, True, True),
     "eval.every": (0, None, True, True),
-    "eval.num_samples": (2, None, True, True),
+    "eval.num_samples": (4, None, True, True),  # > precision/recall's k = 3
     "eval.kid_subsets": (1, None, True, True),
     "eval.kid_subset_size": (2, None, True, True),
 }

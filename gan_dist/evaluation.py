@@ -200,6 +200,10 @@ DIRECTION = {"fid": "min", "kid": "min", "precision": "max", "recall": "max", "c
 NEEDS_CLASSES = ("cond_acc", "fid_class_mean", "fid_class_max")
 
 
+class NotFinite(Exception):
+    """The generated images' features are not finite: a divergence, not an error of the metrics."""
+
+
 @dataclass
 class Reference:
     """The real side of every metric, computed once per run: the features (and labels) of the
@@ -222,7 +226,7 @@ def scores(features: torch.Tensor, labels: torch.Tensor, predicted: Optional[tor
     out = {"fid": frechet_distance(*feature_stats(features), *reference.stats)}
     out["kid"], out["kid_std"] = metrics.kid(features, reference.features, eval_cfg.kid_subsets,
                                              eval_cfg.kid_subset_size, seed=SPLIT_SEED)
-    out["precision"], out["recall"] = metrics.precision_recall(features, reference.features, k=3)
+    out["precision"], out["recall"] = metrics.precision_recall(features, reference.features, k=metrics.K_NN)
     if num_classes:
         per_class = metrics.class_frechet(features, labels, reference.features, reference.labels, num_classes)
         if per_class:  # the class-wise mode dropping a global number averages away
@@ -257,7 +261,7 @@ def reference_from_shares(feature_net: FeatureNet, shares: dict, totals: dict, n
     """shares: {"reference"|"held_out": (images, labels)}, rank r holding rows r, r+W, ... of each
     (a rank never loads the whole real set); totals: their full sizes."""
     for name, total in totals.items():
-        if total < max(2, world.world_size):
+        if total < max(metrics.K_NN + 1, world.world_size):
             raise UserError(f"evaluation: {total} real images in the {name} half are too few for "
                             f"{world.world_size} rank(s)")
     ref_feats, _ = _features(feature_net, shares["reference"][0], world, totals["reference"], device)
@@ -340,8 +344,9 @@ def evaluate(generator: torch.nn.Module, feature_net: FeatureNet, reference: Ref
     reference's held-out count, so each value and its real-vs-real ref_NAME share a sample
     size; the same on every rank. `generator` is the bare module (not DDP)."""
     num_samples, device = min(eval_cfg.num_samples, reference.num_samples or eval_cfg.num_samples), world.device
-    if num_samples < max(2, world.world_size):
-        raise UserError(f"eval.num_samples: {num_samples} must be at least 2 and at least the world size")
+    if num_samples < max(metrics.K_NN + 1, world.world_size):
+        raise UserError(f"eval.num_samples: {num_samples} must be above {metrics.K_NN} (the k-NN of precision/recall) "
+                        "and at least the world size")
     g = seeded_generator(seed, "eval")
     z = torch.randn(num_samples, z_dim, generator=g)
     labels = torch.randint(max(num_classes, 1), (num_samples,), generator=g)  # the same on every rank
@@ -356,5 +361,7 @@ def evaluate(generator: torch.nn.Module, feature_net: FeatureNet, reference: Ref
     finally:
         generator.train(was_training)
     feats, predicted = _features(feature_net, images, world, num_samples, device, batch)
+    if not torch.isfinite(feats).all():  # gathered: every rank reaches the same verdict
+        raise NotFinite("the sample generator's images are not finite (their features are NaN or inf)")
     result = scores(feats, labels, predicted, reference, num_classes, eval_cfg)
     return {**result, **{f"ref_{k}": v for k, v in reference.real_vs_real.items() if not k.startswith("fid_class/")}}

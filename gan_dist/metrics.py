@@ -19,6 +19,8 @@ from torch import Tensor
 
 from gan_dist.errors import UserError
 
+K_NN = 3  # improved precision/recall's k (the paper's): a set needs more than K_NN rows
+
 
 def _pair(name: str, gen: Tensor, real: Tensor, min_rows: int = 2) -> tuple[Tensor, Tensor]:
     """Both feature matrices as float64 on gen's device, after checking their shapes."""
@@ -95,7 +97,7 @@ def _knn_radii(x: Tensor, x_sq: Tensor, k: int, batch: int) -> Tensor:
     return torch.cat(radii)
 
 
-def precision_recall(gen: Tensor, real: Tensor, k: int = 3, batch: int = 2048) -> tuple[float, float]:
+def precision_recall(gen: Tensor, real: Tensor, k: int = K_NN, batch: int = 2048) -> tuple[float, float]:
     """(precision, recall) with k-NN balls as manifold estimates.
 
     precision: share of generated rows inside at least one real row's ball, radius the

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from gan_dist import checkpoint, distributed, evaluation, sampling
 from gan_dist.config import Config, dump, to_dict
 from gan_dist.data import BatchStream, DataInfo, build_dataset, check_dataset
-from gan_dist.distributed import World, all_reduce_mean, barrier, check_consistency, raise_if_any
+from gan_dist.distributed import World, all_reduce_mean, barrier, check_consistency
 from gan_dist.divergence import Monitor
 from gan_dist.ema import EMA
 from gan_dist.errors import UserError
@@ -273,12 +273,14 @@ class Trainer:
             # stops at the same step even when only some ranks received the signal.
             stop = self.preemption.agree(world) > 0 and not last
             save_now = last or stop or self.step % cfg.train.checkpoint_every == 0
-            if (save_now or self.step % cfg.train.log_every == 0) and not self._log_window():
+            eval_now = bool(self.eval_every) and (last or self.step % self.eval_every == 0)
+            # What is saved or evaluated was judged first: a window gone non-finite diverges here
+            if (save_now or eval_now or self.step % cfg.train.log_every == 0) and not self._log_window():
                 continue  # rolled back: a signal's flag stays up for the next step
             if last or self.step % cfg.train.sample_every == 0:
                 self.save_samples()
-            if self.eval_every and (last or self.step % self.eval_every == 0):
-                self.evaluate()
+            if eval_now and self.evaluate() is None:
+                continue  # the sample generator diverged: rolled back
             if save_now:
                 self.save_checkpoint()
             if stop:
@@ -353,12 +355,17 @@ class Trainer:
             self.tracker.warn(f"could not write {path} ({e.strerror or e})")
         self.tracker.log_image(self.step, "samples", sampling.to_uint8_grid(images, self.sample_nrow))
 
-    def evaluate(self) -> dict:
+    def evaluate(self) -> Optional[dict]:
         """Quality of the sampler (EMA by default): every rank generates its share. Keeps
-        checkpoints/best.pt when the train.keep_best metric improved (the same on every rank)."""
+        checkpoints/best.pt when the train.keep_best metric improved (the same on every rank).
+        None when its images were not finite: a divergence (stopped, or rolled back)."""
         cfg = self.cfg
-        result = evaluation.evaluate(self.sampler, self.feature_net, self.reference, cfg.eval, self.num_classes,
-                                     cfg.model.z_dim, cfg.seed, self.world)
+        try:
+            result = evaluation.evaluate(self.sampler, self.feature_net, self.reference, cfg.eval, self.num_classes,
+                                         cfg.model.z_dim, cfg.seed, self.world)
+        except evaluation.NotFinite as e:  # judged on gathered features: the same on every rank
+            self._diverged(f"{e} at step {self.step}")
+            return None
         self.tracker.log(self.step, result)
         value = result.get(cfg.train.keep_best) if self.best is not None else None
         if value is not None and self.best.improves(value, self.world):
@@ -374,12 +381,11 @@ class Trainer:
     def save_checkpoint(self, name: str = "") -> None:
         """The step's checkpoint, or checkpoints/NAME (best.pt)."""
         check_consistency(self.world, self.generator, self.critic)
-        error = None
-        if self.world.is_main:
-            try:
-                path = checkpoint.save(self.run_dir.path, self.state_dict(), self.cfg.train.keep_checkpoints, name)
-                self.run_dir.write_config(dump(self.cfg))  # the settings the saved weights were trained under
-                self.tracker.info(f"saved {path}")
-            except UserError as e:
-                error = str(e)
-        raise_if_any(error, self.world)  # rank 0 could not save: every rank stops here, at once
+
+        def save():
+            path = checkpoint.save(self.run_dir.path, self.state_dict(), self.cfg.train.keep_checkpoints, name)
+            self.run_dir.write_config(dump(self.cfg))  # the settings the saved weights were trained under
+            return path
+        # rank 0 saves; whatever it fails with stops every rank at once (none waits alone)
+        path = distributed.on_main(save, self.world, f"checkpoint at step {self.step}")
+        self.tracker.info(f"saved {path}")

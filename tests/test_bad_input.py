@@ -43,7 +43,7 @@ def test_argument_errors_are_one_line_not_argparse_usage(main, argv, capsys):
     ("loss.gp_lambda=-1", "loss.gp_lambda: must be >= 0"), ("train.ema_decay=1.5", "train.ema_decay"),
     ("data.num_workers=-1", "data.num_workers: must be >= 0"), ("seed=-1", "seed: must be in [0, "),
     ("seed=18446744073709551616", "seed: must be in [0, 9223372036854775807]"),
-    ("eval.num_samples=1", "eval.num_samples: must be >= 2"), ("run.shared_fs_wait_s=-1", "run.shared_fs_wait_s"),
+    ("eval.num_samples=1", "eval.num_samples: must be >= 4"), ("eval.num_samples=3", "eval.num_samples: must be >= 4"), ("run.shared_fs_wait_s=-1", "run.shared_fs_wait_s"),
     ("data.start_method=thread", "data.start_method"), ("run.dir=", "run.dir: must not be empty"),
 ])
 def test_out_of_range_and_non_finite_values_are_one_line(override, needle, capsys, tmp_path):

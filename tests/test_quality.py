@@ -231,3 +231,28 @@ def test_a_feature_network_only_rank_0_sees_serves_every_rank(tmp_path):
     for r in train(TINY + EVAL + ["train.steps=4", f"eval.features=torchscript:{broken}", f"run.dir={tmp_path}/b"],
                    world_size=2, timeout=120):
         one_line_error(r, f"eval.features: {broken} is not TorchScript")
+
+
+def test_a_generator_gone_non_finite_between_log_steps_diverges_instead_of_crashing_evaluation(tmp_path):
+    # the generator's weights NaN before step 3, log every 10, evaluation at 4: the loss check runs first
+    args = TINY + EVAL + ["train.log_every=10", "train.steps=8"]
+    r = train_injected(args + [f"run.dir={tmp_path}/a"], env_extra={"GAN_DIST_TEST_NAN_GENERATOR_AT": "3"})[0]
+    one_line_error(r, "loss is not finite at step 3")
+    # only the EMA (the sample generator) goes NaN: the losses stay finite, the evaluation sees it
+    for r in train_injected(args + [f"run.dir={tmp_path}/b"], world_size=2,
+                            env_extra={"GAN_DIST_TEST_NAN_EMA_AT": "3"}):
+        one_line_error(r, "the sample generator's images are not finite", "at step 4")
+    assert not list((tmp_path / "b" / "checkpoints").glob("step_*.pt"))
+
+
+def test_rank_0_failing_around_a_save_stops_every_rank_or_only_warns(tmp_path):
+    # an old checkpoint that cannot be removed: a warning, the run goes on
+    results = ok(train_injected(TINY + ["train.steps=6", "train.checkpoint_every=2", "train.keep_checkpoints=1",
+                                        f"run.dir={tmp_path}/a"], world_size=2, timeout=120,
+                                env_extra={"GAN_DIST_TEST_SAVE_FAULT": "unlink"}))
+    assert "could not remove" in results[0].err and latest_ckpt(tmp_path / "a")["step"] == 6
+    # a save failing with something that is not an OSError: every rank stops at once, naming it
+    results = train_injected(TINY + ["train.steps=6", f"run.dir={tmp_path}/b"], world_size=2, timeout=120,
+                             env_extra={"GAN_DIST_TEST_SAVE_FAULT": "pickle"})
+    assert results[0].rc != 0 and "cannot pickle 'generator' object" in results[0].err
+    one_line_error(results[1], "checkpoint at step 4: TypeError: cannot pickle 'generator' object")

@@ -7,6 +7,8 @@ GAN_DIST_TEST_SIGNAL_IN_AGREE=K:R1,R2[:SIG]  ranks R1, R2 send themselves SIGUSR
 GAN_DIST_TEST_SIGNAL_BEFORE_SETTLE=R1,R2[:SIG]  these ranks send themselves SIGUSR2 (or SIG)
     at a stop, between the agreement and Preemption.settle
 GAN_DIST_TEST_NAN_AT=K                 the critic's weights turn NaN before step K (1-based), once
+GAN_DIST_TEST_NAN_GENERATOR_AT=K      the generator's weights turn NaN before step K, once
+GAN_DIST_TEST_NAN_EMA_AT=K            the generator EMA's weights turn NaN before step K, once (losses stay finite)
 GAN_DIST_TEST_BLOWUP_AT=K              the critic's weights are multiplied by 30 before step K, once
 GAN_DIST_TEST_FAULT_RANKS=R1,R2        ... on these ranks only (default: every rank)
 GAN_DIST_TEST_REFERENCE_UNSEEN=R1      rank R1 cannot read the cached real reference (a lagging NFS view)
@@ -15,6 +17,8 @@ GAN_DIST_TEST_EVAL_VALUES=V1,V2,...  each evaluation returns the next value as e
     history for train.keep_best
 GAN_DIST_TEST_HIDE=R1,R2:NAME         on these ranks no file called NAME exists (a node-local path,
     a hub cache another node filled)
+GAN_DIST_TEST_SAVE_FAULT=unlink|pickle  on rank 0: removing an old checkpoint raises PermissionError,
+    or torch.save raises a TypeError (not an OSError) for step checkpoints
 GAN_DIST_TEST_RECORD=DIR               each rank appends to DIR/rank{r}.txt what it did:
     "download" for each Fashion-MNIST download it ran (a fake one: writes IDX files after
     a second, so two concurrent downloads would overlap), "real N" for the real images it
@@ -70,7 +74,7 @@ if os.environ.get("GAN_DIST_TEST_SIGNAL_BEFORE_SETTLE"):
 
     Preemption.settle = settle_after_a_signal
 
-if os.environ.get("GAN_DIST_TEST_NAN_AT") or os.environ.get("GAN_DIST_TEST_BLOWUP_AT"):
+if any(os.environ.get(f"GAN_DIST_TEST_{k}_AT") for k in ("NAN", "BLOWUP", "NAN_GENERATOR", "NAN_EMA")):
     from gan_dist.trainer import Trainer
 
     train_step = Trainer.train_step
@@ -80,13 +84,17 @@ if os.environ.get("GAN_DIST_TEST_NAN_AT") or os.environ.get("GAN_DIST_TEST_BLOWU
     def poisoned_step(self, step):
         # Once per process (a rollback replays the step: the fault does not come back), on
         # every rank or those in GAN_DIST_TEST_FAULT_RANKS.
-        for kind in ("NAN", "BLOWUP"):
+        for kind in ("NAN", "BLOWUP", "NAN_GENERATOR", "NAN_EMA"):
             at = os.environ.get(f"GAN_DIST_TEST_{kind}_AT")
             if at and step + 1 == int(at) and kind not in fired and (not ranks or str(RANK) in ranks.split(",")):
                 fired.add(kind)
                 with torch.no_grad():
                     if kind == "NAN":
                         next(self.critic.parameters()).fill_(float("nan"))
+                    elif kind == "NAN_GENERATOR":
+                        next(self.generator.parameters()).fill_(float("nan"))
+                    elif kind == "NAN_EMA":
+                        next(self.ema.module.parameters()).fill_(float("nan"))
                     else:  # finite but huge: the critic's scores and gradients explode
                         for p in self.critic.parameters():
                             p.mul_(30.0)
@@ -142,6 +150,31 @@ if os.environ.get("GAN_DIST_TEST_HIDE"):
             setattr(pathlib.Path, name, _hiding(getattr(pathlib.Path, name), _not_found))
         for name in ("is_file", "exists"):
             setattr(pathlib.Path, name, _hiding(getattr(pathlib.Path, name), lambda f: False))
+
+if os.environ.get("GAN_DIST_TEST_SAVE_FAULT") and RANK == 0:
+    import pathlib
+
+    from gan_dist import checkpoint
+
+    fault = os.environ["GAN_DIST_TEST_SAVE_FAULT"]
+    if fault == "unlink":
+        unlink = pathlib.Path.unlink
+
+        def refusing_unlink(self, *args, **kwargs):
+            if self.name.startswith("step_"):
+                raise PermissionError(13, "Permission denied", str(self))
+            return unlink(self, *args, **kwargs)
+
+        pathlib.Path.unlink = refusing_unlink
+    else:
+        save = torch.save
+
+        def failing_save(obj, f, *args, **kwargs):
+            if isinstance(obj, dict) and "generator" in obj:
+                raise TypeError("cannot pickle 'generator' object")
+            return save(obj, f, *args, **kwargs)
+
+        checkpoint.torch.save = failing_save
 
 if os.environ.get("GAN_DIST_TEST_RECORD"):
     from torchvision import datasets
