@@ -89,7 +89,7 @@ def fit(config: Union[Config, dict, str, Path, None] = None, *, models: Optional
 
     cfg = _as_config(config, overrides)
     factory, data = _record(cfg, models, data)
-    world = distributed.detect()
+    world = distributed.detect(cfg.dist.backend)
     config_module.check_world(cfg, world.world_size)
     tracking.setup_logging(world.rank)
     # Signals are caught from here on: one that arrives while the ranks meet or the data

@@ -159,7 +159,7 @@ def worker(cfg: Config, out: Path) -> None:
     from gan_dist import distributed, tracking
     from gan_dist.trainer import Trainer
 
-    world = distributed.setup(distributed.detect(), threads=1)
+    world = distributed.setup(distributed.detect(cfg.dist.backend), threads=1)
     tracking.setup_logging(world.rank)
     trainer, finished = None, False
     try:
@@ -183,7 +183,8 @@ def _trial(name: str, overrides: list[str], ranks: int, tmp: Path, timeout: floa
     (tmp / name).mkdir(exist_ok=True)
     cmd = [sys.executable, "-m", "gan_dist.check", "--worker", str(tmp / name), *overrides]
     try:
-        launch.run_ranks(cmd, ranks, tmp, name, timeout, echo=False)
+        # on CPU/gloo: the trial proves the pair, and 2 ranks need no 2 GPUs (nccl refuses one shared)
+        launch.run_ranks(cmd, ranks, tmp, name, timeout, env=launch.child_env({"CUDA_VISIBLE_DEVICES": ""}), echo=False)
     except UserError as e:
         return str(e)
     return None

@@ -28,6 +28,13 @@ class RunConfig:
 
 
 @dataclass
+class DistConfig:
+    # auto: nccl on CUDA, gloo on CPU. gloo on CUDA lets several ranks share one GPU (a
+    # laptop's, a test's); nccl needs one GPU per rank.
+    backend: str = "auto"
+
+
+@dataclass
 class DataConfig:
     name: str = "digits"          # digits | fashion_mnist | image_folder | package.module:factory
     root: str = ""                # unused by digits (it ships inside scikit-learn)
@@ -114,6 +121,7 @@ class WandbConfig:
 class Config:
     seed: int = 0
     run: RunConfig = field(default_factory=RunConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -124,6 +132,7 @@ class Config:
 
 
 CHOICES = {
+    "dist.backend": ("auto", "nccl", "gloo"),
     "data.start_method": ("", "fork", "forkserver", "spawn"),
     "model.norm": ("batch", "none"),
     "model.critic_norm": ("instance", "none"),

@@ -8,6 +8,7 @@ process group: it runs the same loop on bare modules.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Optional
@@ -39,9 +40,10 @@ class World:
         return self.world_size > 1
 
 
-def detect() -> World:
+def detect(backend: str = "auto") -> World:
     """Read rank/world from the launcher's environment: torchrun (or variables an srun task
-    exported: submitit, slurm/train.sbatch), else srun's own, else one process."""
+    exported: submitit, slurm/train.sbatch), else srun's own, else one process. backend:
+    dist.backend (auto: nccl on CUDA, gloo on CPU)."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         try:
@@ -55,17 +57,29 @@ def detect() -> World:
     else:
         ranks = slurm.srun_ranks(env)
         world = World(**ranks, launcher="slurm") if ranks else World()
+    if backend not in ("auto", "nccl", "gloo"):
+        raise UserError(f"dist.backend: unknown choice {backend!r} (choose from 'auto', 'nccl', 'gloo')")
     if torch.cuda.is_available():
         count = torch.cuda.device_count()
-        if count == 1:  # one visible device per task (Slurm's per-task binding)
+        # Ranks that torchrun started share its view of the node's GPUs: more local ranks than
+        # GPUs share a GPU, which nccl refuses ("Duplicate GPU detected"); gloo allows it.
+        # (srun tasks under per-task binding each see one GPU of their own: cuda:0.)
+        shared = world.local_world_size > count and world.launcher != "slurm"
+        if shared and backend != "gloo":
+            raise UserError(f"{world.local_world_size} ranks on this node but {count} CUDA device(s) visible: nccl "
+                            f"needs a GPU per rank; start at most {count} rank(s) per node, or set dist.backend=gloo "
+                            "to let ranks share a GPU (all-reduces through host memory: for tests and debugging)")
+        if count == 1:  # one visible device per task (Slurm's per-task binding), or one shared over gloo
             world.device = torch.device("cuda", 0)
-        elif world.local_rank < count:
-            world.device = torch.device("cuda", world.local_rank)
+        elif world.local_rank < count or backend == "gloo":
+            world.device = torch.device("cuda", world.local_rank % count)
         else:
             raise UserError(f"LOCAL_RANK {world.local_rank} but only {count} CUDA device(s) visible: "
-                            "start at most one rank per GPU")
-        world.backend = "nccl"
+                            "start at most one rank per GPU (or set dist.backend=gloo to share)")
+        world.backend = "gloo" if backend == "gloo" else "nccl"
     else:
+        if backend == "nccl":
+            raise UserError("dist.backend=nccl: CUDA sees no GPU (nccl runs on GPUs only; auto or gloo on CPU)")
         allocated = slurm.allocated_gpus(env)
         if allocated:  # never fall back to the CPU silently on a GPU allocation
             raise UserError(f"Slurm allocated GPUs ({allocated}) but CUDA sees none "
@@ -74,6 +88,19 @@ def detect() -> World:
                             "fix the job's GPU binding or the torch build; not training on the CPU")
         world.backend = "gloo"
     return world
+
+
+def _check_devices_distinct(world: World) -> None:
+    """Under nccl no two ranks of a node may hold one GPU (srun tasks without per-task binding
+    all see the node's first GPU): one line naming the switch, before nccl's first collective."""
+    uuid = str(torch.cuda.get_device_properties(world.device).uuid)
+    seen = [None] * world.world_size
+    dist.all_gather_object(seen, (socket.gethostname(), uuid), group=world.cpu_group)
+    mine = seen[world.rank]
+    sharing = [r for r, s in enumerate(seen) if s == mine]
+    if len(sharing) > 1:
+        raise UserError(f"ranks {', '.join(map(str, sharing))} on {mine[0]} share one GPU ({world.device}): nccl needs "
+                        "a GPU per rank; bind one GPU per task (srun --gpus-per-task=1) or set dist.backend=gloo")
 
 
 def default_threads(world: World) -> int:
@@ -107,6 +134,8 @@ def setup(world: World, threads: Optional[int], timeout_s: float = 600.0) -> Wor
         dist.init_process_group(world.backend, store=store, rank=world.rank, world_size=world.world_size,
                                 timeout=timeout)
         world.cpu_group = dist.new_group(backend="gloo") if world.backend == "nccl" else dist.group.WORLD
+        if world.backend == "nccl":
+            _check_devices_distinct(world)
     return world
 
 

@@ -113,3 +113,34 @@ def _feature_net(tmp_path: Path) -> Path:
     torch.jit.script(net).save(str(path))
     return path
 
+
+
+def _fake_gpus(monkeypatch, count: int):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+@pytest.mark.parametrize("gpus, local_ranks, rank, device", [(1, 2, 1, 0), (2, 4, 3, 1)])
+def test_more_local_ranks_than_gpus_need_the_gloo_switch(env, gpus, local_ranks, rank, device):
+    """torchrun's ranks share its GPUs: nccl refuses two ranks on one GPU, so without
+    dist.backend=gloo one line names the switch; with it, ranks share the GPUs over gloo."""
+    for k, v in dict(RANK=rank, WORLD_SIZE=local_ranks, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=local_ranks,
+                     TORCHELASTIC_RUN_ID="x").items():
+        env.setenv(k, str(v))
+    _fake_gpus(env, gpus)
+    with pytest.raises(UserError, match=f"{local_ranks} ranks on this node but {gpus} CUDA device.*dist.backend=gloo"):
+        distributed.detect()
+    world = distributed.detect("gloo")
+    assert (world.backend, world.device) == ("gloo", torch.device("cuda", device))
+    env.setenv("LOCAL_WORLD_SIZE", str(gpus))  # one rank per GPU: nccl
+    env.setenv("LOCAL_RANK", "0")
+    assert distributed.detect().backend == "nccl"
+
+
+def test_nccl_without_cuda_is_one_line(env, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine's CUDA sees GPUs")
+    with pytest.raises(UserError, match="dist.backend=nccl: CUDA sees no GPU"):
+        distributed.detect("nccl")
+    one_line_error(train(TINY + ["dist.backend=nccl", f"run.dir={tmp_path}/run"])[0], "dist.backend=nccl")
+    one_line_error(train(TINY + ["dist.backend=mpi", f"run.dir={tmp_path}/run"])[0], "dist.backend: unknown choice")
