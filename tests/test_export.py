@@ -52,3 +52,37 @@ def test_export_of_a_run_without_checkpoint_is_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     one_line_error(_export([str(tmp_path / "empty"), "--out", str(tmp_path / "g.pt")]), "no checkpoint")
     one_line_error(_export([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "g.pt")]), "checkpoint not found")
+
+
+def test_a_generator_that_scripts_but_does_not_save_is_traced_and_pt2_is_first_class(tmp_path):
+    import os
+    from pathlib import Path
+
+    from helpers import base_env
+
+    fixtures = str(Path(__file__).parent / "fixtures")
+    env = dict(base_env(), PYTHONPATH=os.pathsep.join([fixtures, os.environ.get("PYTHONPATH", "")]))
+    ok(train(TINY + ["model.kind=export_models:build", "train.steps=1", f"run.dir={tmp_path}/run"], env=env))
+    r = spawn([sys.executable, "-m", "gan_dist.export", str(tmp_path / "run"), "--out", str(tmp_path / "g.pt"),
+               "--format", "both"], env=env)[0]
+    assert r.rc == 0 and "exported by tracing" in r.err and "Traceback" not in r.err, r.err
+    sys.path.insert(0, fixtures)
+    generator, _ = load_generator(tmp_path / "run", models=__import__("export_models").build)
+    z, hard = torch.randn(3, 16), torch.eye(10)[[1, 4, 7]]
+    with torch.no_grad():
+        expected = generator(z, hard)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert torch.allclose(torch.jit.load(str(tmp_path / "g.pt"))(z, hard), expected, atol=1e-6)
+    assert torch.allclose(torch.export.load(str(tmp_path / "g.pt2")).module()(z, hard), expected, atol=1e-6)
+    # sample and load_sampler read the .pt2 as they read the TorchScript file
+    from gan_dist.export import load_sampler
+
+    generate, meta = load_sampler(tmp_path / "g.pt2")
+    assert meta["num_classes"] == 10 and torch.allclose(generate(z, hard), expected, atol=1e-6)
+    r = spawn([sys.executable, "-m", "gan_dist.sample", str(tmp_path / "g.pt2"), "--label", "3", "--n", "4",
+               "--out", str(tmp_path / "s.png")], env=env)[0]
+    assert r.rc == 0 and (tmp_path / "s.png").is_file(), r.err
+    r = spawn([sys.executable, "-m", "gan_dist.export", str(tmp_path / "run"), "--out", str(tmp_path / "only.pt"),
+               "--format", "pt2"], env=env)[0]
+    assert r.rc == 0 and (tmp_path / "only.pt2").is_file() and not (tmp_path / "only.pt").exists(), r.err

@@ -2,7 +2,7 @@
 `                 [--interpolate-labels A B | --interpolate-noise] [--steps S]`
 
 Writes a PNG grid of generated images. SOURCE: a run directory (its latest checkpoint), a
-checkpoint file, or an exported TorchScript generator FILE.pt with FILE.json beside it.
+checkpoint file, or an exported generator (TorchScript FILE.pt or torch.export FILE.pt2) with FILE.json beside it.
 Default: N images of class K, or (conditional, no --label) one row per class, or (unconditional)
 N random images. --interpolate-labels A B: 4 fixed noise rows, each going from class A to class
 B in S soft-label steps (book chapter 5). --interpolate-noise: class K (default 0), 4 rows each
@@ -56,7 +56,7 @@ def build_inputs(args: argparse.Namespace, meta: dict, rng: torch.Generator):
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = cli.ArgumentParser(prog="python -m gan_dist.sample", description="Write a PNG grid of generated images.")
-    p.add_argument("source", help="run directory, checkpoint file, or exported FILE.pt (with FILE.json)")
+    p.add_argument("source", help="run directory, checkpoint file, or exported FILE.pt / FILE.pt2 (with FILE.json)")
     p.add_argument("--n", type=int, default=32,
                    help="images (default 32); conditional without --label: rounded up to one row per class")
     p.add_argument("--label", type=int, help="class of every image (conditional models)")
