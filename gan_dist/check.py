@@ -64,7 +64,7 @@ def _probe(cfg: Config):
     real = torch.stack([dataset[i][0] for i in range(b)])
     labels = torch.as_tensor([int(dataset[i][1]) for i in range(b)])
     onehot = F.one_hot(labels, generator.num_classes).float() if generator.num_classes else None
-    return generator, critic, build_loss(cfg.loss.kind, cfg.loss.gp_lambda), real, onehot
+    return generator, critic, build_loss(cfg.loss), real, onehot
 
 
 def _named(module: nn.Module, kinds) -> list[str]:

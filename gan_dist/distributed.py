@@ -104,9 +104,14 @@ def _check_devices_distinct(world: World) -> None:
 
 
 def default_threads(world: World) -> int:
-    """Torch threads for this rank. An srun task has CPUs of its own (--cpus-per-task, and its
-    affinity mask when Slurm binds tasks): use them as they are. Ranks that torchrun started
-    share the launcher's CPUs: divide them."""
+    """Torch threads for this rank when train.threads is unset. An explicit OMP_NUM_THREADS
+    wins outside torchrun (under torchrun it cannot be told from the 1 torchrun sets itself when
+    it is unset). An srun task has CPUs of its own (--cpus-per-task, and its affinity mask when
+    Slurm binds tasks): use them as they are. Ranks that torchrun started share the launcher's
+    CPUs: divide them."""
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if world.launcher != "torchrun" and omp.isdigit() and int(omp) > 0:
+        return int(omp)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     per_task = os.environ.get("SLURM_CPUS_PER_TASK", "")
     if world.launcher == "slurm" and per_task.isdigit():

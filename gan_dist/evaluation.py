@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from gan_dist import digits_classifier, jit, metrics
+from gan_dist.config import METRIC_DIRECTION, NEEDS_CLASSES  # noqa: F401 (NEEDS_CLASSES: the trainer's)
 from gan_dist.distributed import World, broadcast_object, gather_rows, max_over_ranks, on_every_rank, on_main, rows
 from gan_dist.errors import UserError, first_line
 from gan_dist.seeding import seeded_generator
@@ -194,10 +195,7 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, b
 
 REAL_IMAGES = 10_000  # the most real images on each side of the reference split
 SPLIT_SEED = 20241125  # fixed: every run of a dataset compares against the same real images
-# Which way is better, per metric (train.keep_best); the class-wise ones need a conditional model.
-DIRECTION = {"fid": "min", "kid": "min", "precision": "max", "recall": "max", "cond_acc": "max",
-             "fid_class_mean": "min", "fid_class_max": "min"}
-NEEDS_CLASSES = ("cond_acc", "fid_class_mean", "fid_class_max")
+DIRECTION = METRIC_DIRECTION  # which way is better, per metric (train.keep_best)
 
 
 class NotFinite(Exception):

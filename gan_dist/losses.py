@@ -132,10 +132,10 @@ class NonSaturatingR1:
         return F.softplus(-critic(fake, onehot).float()).mean()
 
 
-def build_loss(kind: str, gp_lambda: float, gp_every: int = 1):
-    """loss.kind -> strategy; gp_lambda is the penalty's weight (WGAN-GP's lambda, R1's gamma)."""
-    if kind == "wgan_gp":
-        return WGANGP(gp_lambda, gp_every)
-    if kind == "ns_r1":
-        return NonSaturatingR1(gp_lambda, gp_every)
-    return Hinge() if kind == "hinge" else BCE()
+def build_loss(loss):
+    """loss.* settings (LossConfig) -> strategy."""
+    if loss.kind == "wgan_gp":
+        return WGANGP(loss.gp_lambda, loss.gp_every)
+    if loss.kind == "ns_r1":
+        return NonSaturatingR1(10.0 if loss.r1_gamma is None else loss.r1_gamma, loss.gp_every)
+    return Hinge() if loss.kind == "hinge" else BCE()

@@ -90,7 +90,7 @@ class Trainer:
         adam = dict(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), **adam)
         self.opt_c = torch.optim.Adam(self.critic.parameters(), **adam)
-        self.loss = build_loss(cfg.loss.kind, cfg.loss.gp_lambda, cfg.loss.gp_every)
+        self.loss = build_loss(cfg.loss)
         self.num_classes = self.generator.num_classes
         self.batches_per_step = 1 if cfg.loss.reuse_batch else cfg.loss.n_critic
 

@@ -101,3 +101,34 @@ def test_cli_batch_not_divisible_by_world_size(tmp_path):
 def test_help_lists_usage():
     r = spawn([sys.executable, "-m", "gan_dist.train", "--help"])[0]
     assert r.rc == 0 and "key=value" in r.out and "--config" in r.out
+
+
+def test_help_lists_every_key_with_its_default_and_meaning_and_print_config_trains_nothing(capsys, tmp_path):
+    import yaml
+
+    from gan_dist.cli import train as train_cli
+
+    with pytest.raises(SystemExit) as e:
+        train_cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    keys = list(config.settings())
+    assert len(keys) >= 60
+    for key, default, meaning in keys:
+        assert meaning, f"{key} has no meaning"
+        line = next((ln for ln in out.splitlines() if ln.split() and ln.split()[0] == key), None)
+        assert line is not None and meaning[:30] in line, key
+    assert train_cli.main(["--print-config", "train.steps=7", "loss.kind=hinge", f"run.dir={tmp_path}/run"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert config.from_dict(printed) == config.load(None, ["train.steps=7", "loss.kind=hinge", f"run.dir={tmp_path}/run"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_r1_gamma_has_its_own_key_and_an_old_gp_lambda_keeps_its_meaning(caplog):
+    from gan_dist.losses import build_loss
+
+    assert build_loss(config.load(None, ["loss.kind=ns_r1"]).loss).gamma == 10.0
+    assert build_loss(config.load(None, ["loss.kind=ns_r1", "loss.r1_gamma=2"]).loss).gamma == 2.0
+    with caplog.at_level("WARNING", logger="gan_dist"):
+        old = config.load(None, ["loss.kind=ns_r1", "loss.gp_lambda=5"])
+    assert build_loss(old.loss).gamma == 5.0 and "write loss.r1_gamma instead" in caplog.text

@@ -57,12 +57,17 @@ def test_one_srun_task_and_the_batch_step_are_single_process(env):
 
 def test_threads_follow_the_tasks_own_cpus_under_srun_and_are_shared_under_torchrun(env):
     cpus = len(os.sched_getaffinity(0))
+    env.delenv("OMP_NUM_THREADS", raising=False)
     srun_task = distributed.World(world_size=4, local_world_size=4, launcher="slurm")
     env.setenv("SLURM_CPUS_PER_TASK", "1")
     assert distributed.default_threads(srun_task) == 1
     env.setenv("SLURM_CPUS_PER_TASK", str(cpus))  # bound to its own cpus: not divided by the 4 tasks
     assert distributed.default_threads(srun_task) == cpus
     torchrun_rank = distributed.World(world_size=2, local_world_size=2, launcher="torchrun")
+    assert distributed.default_threads(torchrun_rank) == max(1, cpus // 2)
+    # an explicit OMP_NUM_THREADS wins outside torchrun (torchrun sets 1 itself when unset)
+    env.setenv("OMP_NUM_THREADS", "3")
+    assert distributed.default_threads(distributed.World()) == 3 and distributed.default_threads(srun_task) == 3
     assert distributed.default_threads(torchrun_rank) == max(1, cpus // 2)
 
 

@@ -14,8 +14,14 @@ from gan_dist import cli
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = cli.ArgumentParser(prog="python -m gan_dist.train", description=__doc__.split("\n")[0])
+    from gan_dist.config import help_text
+
+    p = cli.ArgumentParser(prog="python -m gan_dist.train", description=__doc__.split("\n")[0],
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="settings (key, default, meaning; set any as key=value):\n" + help_text())
     p.add_argument("--config", help="YAML file (configs/*.yaml); defaults: the embedded digits run")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (defaults, --config, overrides) as YAML and exit; nothing trains")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides, e.g. train.steps=500 model.hidden=[1000,500,200]")
     return p.parse_args(argv)
@@ -27,6 +33,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def train() -> int:
         from gan_dist.api import fit
+
+        if args.print_config:
+            from gan_dist import config
+
+            print(config.dump(config.load(args.config, args.overrides)), end="")
+            return 0
 
         return fit(args.config, overrides=args.overrides).exit_code
 

@@ -1,0 +1,189 @@
+"""Every setting: a dataclass field with its default and its one-line meaning (the `help`
+metadata that `python -m gan_dist.train --help` lists), the allowed choices and ranges, and
+the keys a checkpoint must match. The defaults ARE the default run (conditional WGAN-GP on
+scikit-learn's digits), so the installed package runs without the repo's configs/ folder."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+def setting(default: Any, help: str) -> Any:
+    """A field with its meaning; lists get a fresh copy per Config."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class RunConfig:
+    dir: str = setting("runs/digits_cwgan_gp", "the run directory: checkpoints, samples, metrics; "
+                       "a run started on one that has checkpoints resumes")
+    shared_fs_wait_s: float = setting(30.0, "seconds a rank waits to see what rank 0 wrote in run.dir (lock, "
+                                      "checkpoint) before deciding it is not shared (NFS caches lag)")
+
+
+@dataclass
+class DistConfig:
+    backend: str = setting("auto", "auto (nccl on CUDA, gloo on CPU) | nccl | gloo (lets ranks share one GPU)")
+
+
+@dataclass
+class DataConfig:
+    name: str = setting("digits", "digits | fashion_mnist | image_folder | package.module:factory")
+    root: str = setting("", "the dataset's folder (digits ship inside scikit-learn)")
+    image_size: int = setting(16, "images are resized (and center-cropped) to this square size")
+    channels: int = setting(1, "image_folder: 1 (grayscale) or 3 (RGB)")
+    download: bool = setting(False, "fashion_mnist: download into data.root (off: clusters often have no internet)")
+    num_workers: int = setting(0, "DataLoader worker processes per rank (persistent; pinned memory on CUDA)")
+    start_method: str = setting("", "the workers' start method: '' (platform default) | fork | forkserver | spawn")
+    on_device: bool = setting(False, "keep the whole (small) dataset on the device: no loader at all")
+
+
+@dataclass
+class ModelConfig:
+    kind: str = setting("dcgan", "dcgan | mlp | package.module:factory (your own pair)")
+    conditional: bool = setting(True, "labels as one-hot channels (critic) and concatenated to z (generator)")
+    z_dim: int = setting(64, "noise dimensions")
+    width: int = setting(32, "DCGAN base channel count")
+    hidden: list[int] = setting([1024, 512, 256], "MLP critic widths; the generator takes them reversed")
+    norm: str = setting("batch", "generator normalization: batch (SyncBatchNorm across CUDA ranks) | none")
+    critic_norm: str = setting("instance", "DCGAN critic normalization: instance | none (never batch: the "
+                               "penalty is per sample)")
+    spectral_norm: bool = setting(False, "spectral normalization of every conv/linear layer of the built-in critics")
+    dropout: float = setting(0.3, "MLP critic dropout")
+
+
+@dataclass
+class LossConfig:
+    kind: str = setting("wgan_gp", "wgan_gp | bce | hinge | ns_r1")
+    gp_lambda: float = setting(10.0, "WGAN-GP's gradient-penalty weight lambda")
+    r1_gamma: Optional[float] = setting(None, "ns_r1: R1's gamma (gamma/2 |grad D(real)|^2); null: 10")
+    n_critic: int = setting(3, "critic updates per generator update (the WGAN-GP paper's 5 trains worse per "
+                            "second here: README, Quality)")
+    reuse_batch: bool = setting(False, "the book's loop: one real batch for all n_critic updates")
+    gp_every: int = setting(1, "lazy regularization: the penalty (GP, R1) every k critic updates, weighted by k")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = setting(2e-4, "Adam's learning rate (a resumed run takes the config's)")
+    betas: list[float] = setting([0.0, 0.9], "Adam's betas (the WGAN-GP paper's)")
+    eps: float = setting(1e-8, "Adam's eps; larger values damp updates of near-zero gradients")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = setting(3000, "generator steps to train to")
+    batch_size: int = setting(64, "the GLOBAL batch, split evenly across ranks")
+    threads: Optional[int] = setting(None, "torch threads per rank; null: OMP_NUM_THREADS outside torchrun, else "
+                                     "the CPUs available / ranks on the node")
+    log_every: int = setting(50, "steps between metric lines (one all-reduce each)")
+    sample_every: int = setting(250, "steps between sample grids")
+    checkpoint_every: int = setting(500, "steps between checkpoints")
+    keep_checkpoints: int = setting(3, "keep the last K step checkpoints")
+    ema_decay: float = setting(0.995, "generator EMA decay (with a (1+t)/(10+t) warm-up); 0: off")
+    precision: str = setting("fp32", "fp32 | bf16 (autocast; the penalty's norm stays fp32)")
+    channels_last: bool = setting(False, "DCGAN convolutions in NHWC (faster on tensor cores)")
+    tf32: bool = setting(True, "CUDA: TF32 matmuls and convolutions")
+    cudnn_benchmark: bool = setting(True, "CUDA: cuDNN picks the fastest kernels for the fixed shapes")
+    compile: bool = setting(False, "torch.compile the generator (and a critic whose loss needs no double backward)")
+    keep_best: str = setting("", "an eval metric (fid, kid, recall, ...): keep checkpoints/best.pt by it")
+    on_divergence: str = setting("stop", "stop | rollback (to the last checkpoint, learning rates scaled)")
+    rollback_lr_factor: float = setting(0.5, "learning rates after each rollback: times this")
+    max_rollbacks: int = setting(3, "rollbacks before the run stops")
+    divergence_factor: float = setting(0.0, "a critic |Wasserstein| or gradient norm above this x its running "
+                                       "median diverges; 0: only non-finite losses")
+
+
+@dataclass
+class EvalConfig:
+    every: int = setting(500, "steps between quality evaluations; 0: never")
+    num_samples: int = setting(1000, "generated images per evaluation (at most the real held-out half)")
+    features: str = setting("digits", "digits[:PATH] | fid_inception[:PATH] | inception:PATH | torchscript:PATH")
+    use_ema: bool = setting(True, "sample grids and evaluation from the EMA generator")
+    kid_subsets: int = setting(10, "KID: the mean and std over this many random subsets ...")
+    kid_subset_size: int = setting(1000, "... of this many samples (fewer if a set is smaller)")
+
+
+@dataclass
+class WandbConfig:
+    mode: str = setting("disabled", "disabled | offline | online (rank 0 only)")
+    project: str = setting("gan_dist", "wandb project")
+    entity: str = setting("", "wandb entity (team or user)")
+    name: str = setting("", "the run's name on the dashboard")
+    group: str = setting("", "wandb group")
+    tags: list[str] = setting([], "wandb tags")
+
+
+@dataclass
+class Config:
+    seed: int = setting(0, "every random draw derives from it (weights, noise, data order)")
+    run: RunConfig = field(default_factory=RunConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+CHOICES = {
+    "dist.backend": ("auto", "nccl", "gloo"),
+    "data.start_method": ("", "fork", "forkserver", "spawn"),
+    "model.norm": ("batch", "none"),
+    "model.critic_norm": ("instance", "none"),
+    "loss.kind": ("wgan_gp", "bce", "hinge", "ns_r1"),
+    "train.precision": ("fp32", "bf16"),
+    "train.on_divergence": ("stop", "rollback"),
+    "wandb.mode": ("disabled", "offline", "online"),
+}
+
+# The quality metrics and which way is better (train.keep_best); the class-wise ones need a
+# conditional model. The vocabulary of a setting lives here; gan_dist.quality computes them.
+METRIC_DIRECTION = {"fid": "min", "kid": "min", "precision": "max", "recall": "max", "cond_acc": "max",
+                    "fid_class_mean": "min", "fid_class_max": "min"}
+NEEDS_CLASSES = ("cond_acc", "fid_class_mean", "fid_class_max")
+
+# Settings that change the shape of a model or of the data it learns: a checkpoint written
+# under other values cannot be resumed (checked by checkpoint.check_compatible).
+ARCHITECTURE_KEYS = (
+    "data.name", "data.image_size", "data.channels", "model.kind", "model.conditional",
+    "model.z_dim", "model.width", "model.hidden", "model.norm", "model.critic_norm", "model.spectral_norm",
+)
+
+SEED_MAX = 2**63 - 1  # torch generators take 64-bit seeds; the sampler adds the epoch to it
+
+# key: (low, high, low inclusive, high inclusive); None: unbounded. Every float is also finite.
+RANGES = {
+    "seed": (0, SEED_MAX, True, True),
+    "run.shared_fs_wait_s": (0, None, True, True),
+    "data.image_size": (1, None, True, True),
+    "data.num_workers": (0, None, True, True),
+    "model.z_dim": (1, None, True, True),
+    "model.width": (1, None, True, True),
+    "model.dropout": (0.0, 1.0, True, False),
+    "loss.gp_lambda": (0.0, None, True, True),
+    "loss.r1_gamma": (0.0, None, True, True),
+    "loss.n_critic": (1, None, True, True),
+    "loss.gp_every": (1, None, True, True),
+    "optim.lr": (0.0, 1.0, False, True),
+    "optim.eps": (0.0, 1.0, False, False),
+    "train.steps": (0, None, True, True),
+    "train.batch_size": (1, None, True, True),
+    "train.threads": (1, None, True, True),
+    "train.log_every": (1, None, True, True),
+    "train.sample_every": (1, None, True, True),
+    "train.checkpoint_every": (1, None, True, True),
+    "train.keep_checkpoints": (1, None, True, True),
+    "train.ema_decay": (0.0, 1.0, True, False),
+    "train.rollback_lr_factor": (0.0, 1.0, False, True),
+    "train.max_rollbacks": (0, None, True, True),
+    "train.divergence_factor": (0.0, None, True, True),
+    "eval.every": (0, None, True, True),
+    "eval.num_samples": (4, None, True, True),  # > precision/recall's k = 3
+    "eval.kid_subsets": (1, None, True, True),
+    "eval.kid_subset_size": (2, None, True, True),
+}
