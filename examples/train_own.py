@@ -11,8 +11,9 @@ can rebuild it later: PYTHONPATH=examples python -m gan_dist.export runs/own --o
 import os
 import sys
 
-import gan_dist
 from own_models import build
+
+import gan_dist
 
 if __name__ == "__main__":
     result = gan_dist.fit(None, models=build, overrides=["loss.kind=hinge", "loss.n_critic=2",

@@ -7,7 +7,7 @@ __version__ = "0.2.0"
 
 
 def __getattr__(name: str):
-    # fit, Result and UserError without importing torch at `import gan_dist`
+    # fit, Result, UserError and DataInfo without importing torch at `import gan_dist`
     if name in ("fit", "Result"):
         from gan_dist import api
 
@@ -16,4 +16,8 @@ def __getattr__(name: str):
         from gan_dist.errors import UserError
 
         return UserError
+    if name == "DataInfo":  # what a dataset factory returns beside its dataset
+        from gan_dist.data import DataInfo
+
+        return DataInfo
     raise AttributeError(f"module 'gan_dist' has no attribute {name!r}")

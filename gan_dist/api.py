@@ -81,11 +81,12 @@ def fit(config: Union[Config, dict, str, Path, None] = None, *, models: Optional
         data: Optional[Data] = None, overrides: Sequence[str] = ()) -> Result:
     """Train (or resume) the run that `config` describes; see the module docstring. Bad input
     raises gan_dist.UserError with one line; a signal stops every rank at one step, saved."""
-    from gan_dist import distributed, tracking
-    from gan_dist.checkpoint import list_checkpoints
-    from gan_dist.preemption import Preemption
-    from gan_dist.sampling import cpu_copy
-    from gan_dist.trainer import Trainer
+    from gan_dist import distributed
+    from gan_dist.distributed.preemption import Preemption
+    from gan_dist.runs import tracking
+    from gan_dist.runs.checkpoint import list_checkpoints
+    from gan_dist.runs.samples import cpu_copy
+    from gan_dist.training.trainer import Trainer
 
     cfg = _as_config(config, overrides)
     factory, data = _record(cfg, models, data)
@@ -104,7 +105,7 @@ def fit(config: Union[Config, dict, str, Path, None] = None, *, models: Optional
             distributed.adopt(world)
         trainer = Trainer(cfg, world, data=data, models=factory, preemption=preemption)
         status = trainer.fit()
-        generator = cpu_copy(trainer.sampler)
+        generator = cpu_copy(trainer.sample_generator)
         metrics = dict(trainer.last_metrics)
         trainer.close()
         if owns_group:

@@ -14,11 +14,12 @@ import importlib
 import sys
 from typing import Callable
 
-from gan_dist.errors import UserError
+from gan_dist.errors import UserError, first_line
 
 MODELS = {"dcgan": "gan_dist.models.dcgan:build", "mlp": "gan_dist.models.mlp:build"}
-DATASETS = {"digits": "gan_dist.datasets:digits", "fashion_mnist": "gan_dist.datasets:fashion_mnist",
-            "image_folder": "gan_dist.datasets:image_folder"}
+DATASETS = {"digits": "gan_dist.data.datasets:digits", "fashion_mnist": "gan_dist.data.datasets:fashion_mnist",
+            "image_folder": "gan_dist.data.datasets:image_folder"}
+MOVED = {"gan_dist.datasets": "gan_dist.data.datasets"}  # an import path written before gan_dist 0.3
 
 
 def is_import_path(spec: str) -> bool:
@@ -36,10 +37,11 @@ def check_spec(key: str, spec: str, table: dict[str, str]) -> None:
 def resolve(key: str, spec: str, table: dict[str, str]) -> Callable:
     check_spec(key, spec, table)
     module_name, _, attr = table.get(spec, spec).partition(":")
+    module_name = MOVED.get(module_name, module_name)
     try:
         obj = importlib.import_module(module_name)
     except Exception as e:  # ModuleNotFoundError, or the user's module failing on import
-        raise UserError(f"{key}={spec}: cannot import {module_name} ({type(e).__name__}: {e})") from None
+        raise UserError(f"{key}={spec}: cannot import {module_name} ({first_line(e)})") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise UserError(f"{key}={spec}: {module_name} has no {attr!r}")

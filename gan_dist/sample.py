@@ -1,7 +1,6 @@
-"""`python -m gan_dist.sample`: the command line lives in gan_dist/cli/sample.py."""
-import sys
-
-from gan_dist.cli.sample import main
+"""`python -m gan_dist.sample`: an entry point only; the command line is gan_dist/cli/sample.py."""
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import runpy
+
+    runpy.run_module("gan_dist.cli.sample", run_name="__main__", alter_sys=True)

@@ -1,8 +1,6 @@
-"""`python -m gan_dist.train`: the command line lives in gan_dist/cli/train.py; the training in
-gan_dist.fit (api.py)."""
-import sys
-
-from gan_dist.cli.train import main
+"""`python -m gan_dist.train`: an entry point only; the command line is gan_dist/cli/train.py."""
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import runpy
+
+    runpy.run_module("gan_dist.cli.train", run_name="__main__", alter_sys=True)

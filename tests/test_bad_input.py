@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY, Proc, latest_ckpt, ok, one_line_error, train, write_fashion_mnist, write_image_folder
 
 from gan_dist import config
 from gan_dist.cli import export, plot, sample
 from gan_dist.cli import train as train_cli
 from gan_dist.errors import UserError
-from helpers import (TINY, Proc, latest_ckpt, ok, one_line_error, train, write_fashion_mnist,
-                     write_image_folder)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,10 +54,10 @@ def test_out_of_range_and_non_finite_values_are_one_line(override, needle, capsy
 
 
 def test_eval_samples_fewer_than_ranks_is_refused_at_start():
-    cfg = config.load(None, ["eval.every=10", "eval.num_samples=2", "train.batch_size=24"])
-    config.check_world(cfg, 2)
-    with pytest.raises(UserError, match="eval.num_samples: 2 is fewer than the 3 ranks"):
-        config.check_world(cfg, 3)
+    cfg = config.load(None, ["eval.every=10", "eval.num_samples=4", "train.batch_size=20"])
+    config.check_world(cfg, 4)
+    with pytest.raises(UserError, match="eval.num_samples: 4 is fewer than the 5 ranks"):
+        config.check_world(cfg, 5)
 
 
 # ---- paths and files ----------------------------------------------------------------------

@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import one_line_error, spawn, train
 
 from gan_dist import config
 from gan_dist.errors import UserError
-from helpers import one_line_error, spawn, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,7 +125,7 @@ def test_help_lists_every_key_with_its_default_and_meaning_and_print_config_trai
 
 
 def test_r1_gamma_has_its_own_key_and_an_old_gp_lambda_keeps_its_meaning(caplog):
-    from gan_dist.losses import build_loss
+    from gan_dist.training.losses import build_loss
 
     assert build_loss(config.load(None, ["loss.kind=ns_r1"]).loss).gamma == 10.0
     assert build_loss(config.load(None, ["loss.kind=ns_r1", "loss.r1_gamma=2"]).loss).gamma == 2.0

@@ -1,12 +1,12 @@
 import pytest
 import torch
+from helpers import write_fashion_mnist, write_image_folder
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from gan_dist import config
 from gan_dist.data import BatchStream, ResumableSampler, build_dataset
 from gan_dist.distributed import World
 from gan_dist.errors import UserError
-from helpers import write_fashion_mnist, write_image_folder
 
 
 def test_digits_is_the_real_sklearn_dataset_resized():

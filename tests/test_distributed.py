@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import TINY, latest_ckpt, ok, spawn, train
 
 WORKER = str(Path(__file__).parent / "workers" / "consistency.py")
@@ -15,11 +14,11 @@ WORKER = str(Path(__file__).parent / "workers" / "consistency.py")
 LOSSES = {  # loss: (extra settings, its logged stats)
     "wgan_gp": (["loss.kind=wgan_gp", "loss.n_critic=5"], ("loss_critic", "gp", "wasserstein", "loss_gen")),
     "hinge-sn": (["loss.kind=hinge", "loss.n_critic=2", "model.spectral_norm=true", "optim.betas=[0.0,0.999]"],
-                 ("loss_critic", "d_real", "d_fake", "loss_gen")),
+                 ("loss_critic", "score_real", "score_fake", "loss_gen")),
     "ns_r1-lazy": (["loss.kind=ns_r1", "loss.n_critic=2", "loss.gp_every=2", "optim.betas=[0.0,0.99]"],
-                   ("loss_critic", "r1", "d_real", "d_fake", "loss_gen")),
+                   ("loss_critic", "r1", "score_real", "score_fake", "loss_gen")),
     "bce-mlp": (["loss.kind=bce", "loss.n_critic=2", "model.kind=mlp", "model.hidden=[32,16]", "model.dropout=0.0"],
-                ("loss_critic", "d_real", "d_fake", "loss_gen")),
+                ("loss_critic", "p_real", "p_fake", "loss_gen")),
 }
 
 

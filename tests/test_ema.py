@@ -1,8 +1,8 @@
 import torch
-
-from gan_dist.ema import EMA
-from gan_dist.export import load_generator
 from helpers import TINY, latest_ckpt, ok, train
+
+from gan_dist.runs.export import load_generator
+from gan_dist.training.ema import EMA
 
 
 def test_ema_warmup_then_decay():

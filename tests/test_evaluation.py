@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from gan_dist import evaluation as E
-from gan_dist.cli.digits_classifier import main as classifier_main
-from gan_dist.digits_classifier import digits_tensors
-from gan_dist.distributed import World
-from gan_dist.errors import UserError
 from helpers import ok, spawn
 from workers.evaluation_worker import inputs
+
+from gan_dist.cli.digits_classifier import main as classifier_main
+from gan_dist.config import METRIC_DIRECTION
+from gan_dist.distributed import World
+from gan_dist.errors import UserError
+from gan_dist.quality import evaluation as E
+from gan_dist.quality.digits_classifier import digits_tensors
 
 WORKER = str(Path(__file__).parent / "workers" / "evaluation_worker.py")
 
@@ -129,7 +130,7 @@ def test_evaluate_one_process(classifier):
     result = E.evaluate(generator, net, reference, eval_cfg, **args)
     assert generator.training  # mode restored
     assert 0 < result["fid"] < 1e4 and 0 <= result["cond_acc"] <= 1 and 0 <= result["recall"] <= 1
-    assert set(E.DIRECTION) <= set(result) and "kid_std" in result and "fid_class/3" in result
+    assert set(METRIC_DIRECTION) <= set(result) and "kid_std" in result and "fid_class/3" in result
     # real-vs-real: held-out real digits score far better than a tiny untrained generator
     ref = reference.real_vs_real
     assert ref["cond_acc"] >= 0.9 and ref["recall"] > 0.5 and ref["fid"] < result["fid"] / 5
@@ -175,7 +176,7 @@ def test_generated_and_real_vs_real_are_scored_at_the_same_n(tmp_path, classifie
 
     from gan_dist import config
     from gan_dist.data import DataInfo
-    from gan_dist.run_dir import RunDir
+    from gan_dist.runs.run_dir import RunDir
 
     cfg = config.load(None, [f"eval.num_samples={num_samples}", f"eval.features=digits:{classifier}",
                              "eval.kid_subsets=2", "eval.kid_subset_size=50"])

@@ -3,9 +3,9 @@ import sys
 import warnings
 
 import torch
-
-from gan_dist.export import load_generator
 from helpers import TINY, ok, one_line_error, spawn, train
+
+from gan_dist.runs.export import load_generator
 
 
 def _export(args):
@@ -76,7 +76,7 @@ def test_a_generator_that_scripts_but_does_not_save_is_traced_and_pt2_is_first_c
         assert torch.allclose(torch.jit.load(str(tmp_path / "g.pt"))(z, hard), expected, atol=1e-6)
     assert torch.allclose(torch.export.load(str(tmp_path / "g.pt2")).module()(z, hard), expected, atol=1e-6)
     # sample and load_sampler read the .pt2 as they read the TorchScript file
-    from gan_dist.export import load_sampler
+    from gan_dist.runs.export import load_sampler
 
     generate, meta = load_sampler(tmp_path / "g.pt2")
     assert meta["num_classes"] == 10 and torch.allclose(generate(z, hard), expected, atol=1e-6)

@@ -1,12 +1,12 @@
 """Every speed switch is a config switch with a correctness check on CPU where the path exists
 here (TF32 and cudnn.benchmark are CUDA-only and only set flags)."""
 import torch
+from helpers import TINY, assert_same_state, latest_ckpt, metrics_rows, ok, train
 
 from gan_dist import config
 from gan_dist.data import DataInfo
-from gan_dist.losses import WGANGP, gradient_penalty
 from gan_dist.models import build_models
-from helpers import TINY, assert_same_state, latest_ckpt, metrics_rows, ok, train
+from gan_dist.training.losses import WGANGP, gradient_penalty
 
 
 def _critic_grads(channels_last: bool, bf16: bool = False):
@@ -44,7 +44,7 @@ def test_bf16_gradient_penalty_is_stable_and_close_to_fp32():
 
 
 def test_the_losses_that_differentiate_a_gradient_say_so():
-    from gan_dist.losses import build_loss
+    from gan_dist.training.losses import build_loss
 
     kinds = ("wgan_gp", "ns_r1", "bce", "hinge")
     assert {k: build_loss(config.load(None, [f"loss.kind={k}"]).loss).needs_double_backward for k in kinds} == \

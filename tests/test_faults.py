@@ -7,9 +7,21 @@ import sys
 from pathlib import Path
 
 import torch
-
-from helpers import (TINY, assert_same_state, finish, free_port, kill, latest_ckpt, load_ckpt, metrics_rows,
-                     ok, spawn, start, train, wait_for)
+from helpers import (
+    TINY,
+    assert_same_state,
+    finish,
+    free_port,
+    kill,
+    latest_ckpt,
+    load_ckpt,
+    metrics_rows,
+    ok,
+    spawn,
+    start,
+    train,
+    wait_for,
+)
 
 LONG = TINY + ["train.log_every=5", "train.checkpoint_every=1000"]
 

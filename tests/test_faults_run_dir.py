@@ -9,8 +9,22 @@ import sys
 import threading
 import time
 
-from helpers import (TINY, Proc, assert_same_state, base_env, finish, free_port, kill, latest_ckpt, metrics_rows,
-                     ok, one_line_error, start, train, wait_for)
+from helpers import (
+    TINY,
+    Proc,
+    assert_same_state,
+    base_env,
+    finish,
+    free_port,
+    kill,
+    latest_ckpt,
+    metrics_rows,
+    ok,
+    one_line_error,
+    start,
+    train,
+    wait_for,
+)
 
 ARGS = TINY + ["train.log_every=5", "train.checkpoint_every=5"]
 

@@ -6,9 +6,20 @@ import signal
 import sys
 
 import pytest
-
-from helpers import (INJECT, TINY, assert_same_state, base_env, finish, kill, latest_ckpt, metrics_rows, ok, start,
-                     train, wait_for)
+from helpers import (
+    INJECT,
+    TINY,
+    assert_same_state,
+    base_env,
+    finish,
+    kill,
+    latest_ckpt,
+    metrics_rows,
+    ok,
+    start,
+    train,
+    wait_for,
+)
 
 LONG = TINY + ["train.log_every=5", "train.checkpoint_every=1000", "train.steps=3000"]
 

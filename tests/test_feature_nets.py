@@ -9,10 +9,10 @@ import warnings
 import pytest
 import torch
 
-from gan_dist import digits_classifier as D
-from gan_dist import inception
 from gan_dist.distributed import World
 from gan_dist.errors import UserError
+from gan_dist.quality import digits_classifier as D
+from gan_dist.quality import inception
 
 tf_inception = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
 

@@ -1,6 +1,6 @@
 import torch
 
-from gan_dist.losses import BCE, WGANGP, gradient_penalty
+from gan_dist.training.losses import BCE, WGANGP, gradient_penalty
 
 
 def test_gradient_penalty_linear_critic_closed_form():

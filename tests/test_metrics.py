@@ -3,11 +3,11 @@ brute-force reference and torch-fidelity, closed-form cases, per-class Frechet d
 the one-line errors for bad input."""
 import pytest
 import torch
-from torchmetrics.image.kid import KernelInceptionDistance
 from torch_fidelity.metric_prc import calculate_precision_recall_part
+from torchmetrics.image.kid import KernelInceptionDistance
 
 from gan_dist.errors import UserError
-from gan_dist.metrics import class_frechet, kid, precision_recall
+from gan_dist.quality.metrics import class_frechet, kid, precision_recall
 
 
 def randn(*shape, seed=0):

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY, assert_same_state, base_env, finish, latest_ckpt, ok, one_line_error, spawn, start, train
 
 from gan_dist.cli import train as train_cli
-from helpers import (TINY, assert_same_state, base_env, latest_ckpt, ok, one_line_error, spawn, start, finish,
-                     train)
 
 REPO = Path(__file__).resolve().parents[1]
 PATHS = os.pathsep.join([str(REPO / "examples"), str(REPO / "tests" / "fixtures")])
@@ -49,7 +48,7 @@ def test_own_launch_script_with_gan_dist_fit_on_two_ranks(tmp_path):
 
 def test_fit_in_process_with_a_model_pair_and_resume(tmp_path, capsys):
     import gan_dist
-    from gan_dist.datasets import DataInfo
+    from gan_dist.data.datasets import DataInfo
 
     sys.path.insert(0, str(REPO / "examples"))
     from own_models import build

@@ -5,10 +5,9 @@ import sys
 
 import pytest
 import torch
+from helpers import TINY, latest_ckpt, load_ckpt, metrics_rows, ok, one_line_error, spawn, train, train_injected
 
-from gan_dist.divergence import HISTORY, WARMUP, Monitor
-from helpers import (TINY, latest_ckpt, load_ckpt, metrics_rows, ok, one_line_error, spawn, train,
-                     train_injected)
+from gan_dist.training.divergence import HISTORY, WARMUP, Monitor
 
 ROLLBACK = ["train.on_divergence=rollback", "train.max_rollbacks=2"]
 EVAL = ["eval.every=4", "eval.num_samples=40", "eval.kid_subsets=2", "eval.kid_subset_size=20"]
@@ -157,7 +156,7 @@ def test_the_digits_classifier_is_made_once_by_rank_0(tmp_path, monkeypatch):
 def test_default_evaluation_steps_aside_for_data_it_cannot_measure(caplog):
     from gan_dist import config
     from gan_dist.errors import UserError
-    from gan_dist.evaluation import effective_every
+    from gan_dist.quality.evaluation import effective_every
 
     digits = config.load(None, [])
     assert digits.eval.every == 500 and effective_every(digits, own_data=False, is_main=True) == 500

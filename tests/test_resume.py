@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-
 from helpers import TINY, latest_ckpt, load_ckpt, ok, one_line_error, train, train_injected
 
 # batch 64: 28 global batches per epoch of the 1,797 digits; 8 steps x 5 critic batches = 40.
@@ -121,3 +120,25 @@ def test_resume_after_a_kill_mid_metrics_write(tmp_path):
     ok(train(TINY + ["train.steps=6", f"run.dir={tmp_path}"]))
     rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6]
+
+
+def test_a_checkpoint_written_before_the_reorganization_resumes_exports_and_samples(tmp_path):
+    """tests/fixtures/checkpoint_v0.2.0.pt: 2 steps of gan_dist 0.2.0 (commit 4f7f40f) with EMA,
+    divergence history and train.keep_best=fid, the layout of modules before gan_dist 0.3."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from helpers import spawn
+
+    old = Path(__file__).parent / "fixtures" / "checkpoint_v0.2.0.pt"
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    shutil.copy(old, tmp_path / "run" / "checkpoints" / "step_00000002.pt")
+    args = ["data.image_size=8", "model.width=4", "model.z_dim=8", "train.batch_size=16", "train.threads=1",
+            "eval.every=0", "train.steps=3", f"run.dir={tmp_path}/run"]
+    out = ok(train(args))[0].out
+    assert "resuming from" in out and "step_00000002.pt (step 2)" in out
+    assert latest_ckpt(tmp_path / "run")["step"] == 3
+    ok(spawn([sys.executable, "-m", "gan_dist.export", str(old), "--out", str(tmp_path / "g.pt")]))
+    ok(spawn([sys.executable, "-m", "gan_dist.sample", str(old), "--out", str(tmp_path / "s.png"), "--n", "10"]))
+    assert (tmp_path / "g.pt").is_file() and (tmp_path / "s.png").is_file()

@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import TINY, Proc, ok, one_line_error, spawn, train
 from PIL import Image
 
-from gan_dist import sampling
 from gan_dist.cli import plot, sample
-from helpers import TINY, Proc, ok, one_line_error, spawn, train
+from gan_dist.runs import samples
 
 RUN = TINY + ["train.steps=4", "train.sample_every=2", "train.checkpoint_every=2"]
 UNCONDITIONAL = ["model.kind=mlp", "model.conditional=false", "loss.kind=bce", "loss.n_critic=1", "model.hidden=[16,8]"]
@@ -87,7 +87,7 @@ def test_label_and_noise_interpolation_grids(run, tmp_path, capsys):
     ok([call(sample.main, capsys, run, "--interpolate-noise", "--label", 1, "--out", tmp_path / "z.png")])
     assert png(tmp_path / "z.png") == grid(4 * 5, 5)
     a, b = torch.randn(3, 16), torch.randn(3, 16)
-    path = sampling.slerp(a, b, torch.linspace(0, 1, 5))
+    path = samples.slerp(a, b, torch.linspace(0, 1, 5))
     assert path.shape == (3, 5, 16)
     assert torch.allclose(path[:, 0], a, atol=1e-5) and torch.allclose(path[:, -1], b, atol=1e-5)
 

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import TINY, assert_same_state, base_env, latest_ckpt, metrics_rows, ok, train, wait_for
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ def test_fashion_mlp_bce_config_trains_on_idx_files(tmp_path):
     assert state["step"] == 6 and state["data"]["epoch"] == 1  # 4 batches per epoch
     assert state["generator"]["net.0.weight"].shape == (16, 100)  # book: 100-d noise
     rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert {"loss_critic", "loss_gen", "d_real", "d_fake"} <= rows[-1].keys()
+    assert {"loss_critic", "loss_gen", "p_real", "p_fake"} <= rows[-1].keys()
 
 
 def test_glasses_cwgan_gp_config_trains_on_an_image_folder(tmp_path):

@@ -31,7 +31,7 @@ def print_error(message: str, prefix: str = "gan_dist") -> int:
 
 def run(command: Callable[[], int], prefix: str = "gan_dist") -> int:
     """Run a command's body: UserError -> one line, exit 2; warnings as one line each."""
-    from gan_dist.tracking import setup_logging
+    from gan_dist.runs.tracking import setup_logging
 
     setup_logging(int(os.environ.get("RANK", "0") or 0))
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from gan_dist import cli
-from gan_dist.bench import RANKS, TARGETS, bench, worker
+from gan_dist.tools.bench import RANKS, TARGETS, bench, worker
 
 
 def report(res: dict) -> str:

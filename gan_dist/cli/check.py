@@ -13,7 +13,7 @@ import sys
 from typing import Optional
 
 from gan_dist import cli
-from gan_dist.check import Row, check, worker
+from gan_dist.tools.check import Row, check, worker
 
 
 def table(rows: list[Row]) -> str:

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 
 from gan_dist import cli
-from gan_dist.digits_classifier import FEATURE_DIM, save, train
+from gan_dist.quality.digits_classifier import FEATURE_DIM, save, train
 
 
 def main(argv: Optional[list[str]] = None) -> int:

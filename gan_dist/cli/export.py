@@ -6,7 +6,7 @@ import sys
 from typing import Optional
 
 from gan_dist import cli
-from gan_dist.export import export
+from gan_dist.runs.export import export
 
 
 def main(argv: Optional[list[str]] = None) -> int:

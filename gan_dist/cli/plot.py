@@ -6,7 +6,7 @@ import sys
 from typing import Optional
 
 from gan_dist import cli
-from gan_dist.plot import plot
+from gan_dist.tools.plot import plot
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -17,9 +17,10 @@ from typing import Optional
 
 import torch
 
-from gan_dist import cli, sampling
+from gan_dist import cli
 from gan_dist.errors import UserError
-from gan_dist.export import load_sampler
+from gan_dist.runs import samples
+from gan_dist.runs.export import load_sampler
 
 ROWS = 4  # noise vectors (rows) in the interpolation modes
 
@@ -40,10 +41,10 @@ def build_inputs(args: argparse.Namespace, meta: dict, rng: torch.Generator):
     if args.interpolate_labels:
         a, b = args.interpolate_labels
         z = torch.randn(ROWS, zd, generator=rng).repeat_interleave(args.steps, 0)
-        return z, sampling.interpolate_labels(a, b, args.steps, k).repeat(ROWS, 1), args.steps
+        return z, samples.interpolate_labels(a, b, args.steps, k).repeat(ROWS, 1), args.steps
     if args.interpolate_noise:
         ends = torch.randn(2, ROWS, zd, generator=rng)
-        z = sampling.slerp(ends[0], ends[1], torch.linspace(0, 1, args.steps)).reshape(-1, zd)
+        z = samples.slerp(ends[0], ends[1], torch.linspace(0, 1, args.steps)).reshape(-1, zd)
         onehot = eye[[args.label or 0] * len(z)] if k else None
         return z, onehot, args.steps
     if k and args.label is None:  # one row per class, N rounded up to whole rows
@@ -77,7 +78,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         seed = args.seed if args.seed is not None else torch.seed() % 2**31
         generate, meta = load_sampler(args.source, args.raw, best=args.best)
         z, onehot, nrow = build_inputs(args, meta, torch.Generator().manual_seed(seed))
-        sampling.save_grid(generate(z, onehot), args.out, nrow)
+        samples.save_grid(generate(z, onehot), args.out, nrow)
         which = " ".join(filter(None, [f"step {meta['step']}" if "step" in meta else "",
                                        "EMA" if meta.get("ema") else ""]))
         print(f"wrote {args.out}: {len(z)} images ({math.ceil(len(z) / nrow)}x{nrow}) from the "

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from gan_dist import config, distributed
-from gan_dist.trainer import Trainer
+from gan_dist.training.trainer import Trainer
 
 out = Path(sys.argv[1])
 cfg = config.load(None, sys.argv[2:])

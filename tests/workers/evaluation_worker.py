@@ -10,11 +10,12 @@ import torch
 def inputs(classifier: str, num_samples: int = 60, world=None):
     """(generator, feature net, real images, labels, reference, eval config): the same on every
     rank and in the 1-process run; each rank computes the reference from its share."""
-    from gan_dist import config, evaluation
+    from gan_dist import config
     from gan_dist.data import DataInfo
-    from gan_dist.digits_classifier import digits_tensors
     from gan_dist.distributed import World, rows
     from gan_dist.models import build_models
+    from gan_dist.quality import evaluation
+    from gan_dist.quality.digits_classifier import digits_tensors
 
     world = world or World()
     cfg = config.load(None, ["model.width=8", "model.z_dim=16", f"eval.num_samples={num_samples}",
@@ -33,7 +34,7 @@ def inputs(classifier: str, num_samples: int = 60, world=None):
 
 if __name__ == "__main__":
     from gan_dist import distributed
-    from gan_dist.evaluation import evaluate
+    from gan_dist.quality.evaluation import evaluate
 
     out, classifier, num_samples = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     world = distributed.setup(distributed.detect(), threads=1)

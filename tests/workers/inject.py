@@ -61,7 +61,7 @@ if os.environ.get("GAN_DIST_TEST_SIGNAL_IN_AGREE"):
     dist.all_reduce = all_reduce_with_signal
 
 if os.environ.get("GAN_DIST_TEST_SIGNAL_BEFORE_SETTLE"):
-    from gan_dist.preemption import Preemption
+    from gan_dist.distributed.preemption import Preemption
 
     ranks, *name = os.environ["GAN_DIST_TEST_SIGNAL_BEFORE_SETTLE"].split(":")
     before_settle = getattr(signal, name[0] if name else "SIGUSR2")
@@ -75,7 +75,7 @@ if os.environ.get("GAN_DIST_TEST_SIGNAL_BEFORE_SETTLE"):
     Preemption.settle = settle_after_a_signal
 
 if any(os.environ.get(f"GAN_DIST_TEST_{k}_AT") for k in ("NAN", "BLOWUP", "NAN_GENERATOR", "NAN_EMA")):
-    from gan_dist.trainer import Trainer
+    from gan_dist.training.trainer import Trainer
 
     train_step = Trainer.train_step
     fired = set()
@@ -113,14 +113,15 @@ if os.environ.get("GAN_DIST_TEST_REFERENCE_UNSEEN"):
     torch.load = lagging_load
 
 if os.environ.get("GAN_DIST_TEST_EVAL_VALUES"):
-    from gan_dist import evaluation
+    from gan_dist.config import METRIC_DIRECTION
+    from gan_dist.quality import evaluation
 
     own = os.environ.get(f"GAN_DIST_TEST_EVAL_VALUES_RANK{RANK}") or os.environ["GAN_DIST_TEST_EVAL_VALUES"]
     values = [float(v) for v in own.split(",")]
 
     def scripted_evaluate(*args, **kwargs):
         value = values.pop(0)
-        return {name: value for name in evaluation.DIRECTION}
+        return {name: value for name in METRIC_DIRECTION}
 
     evaluation.evaluate = scripted_evaluate
 
@@ -154,7 +155,7 @@ if os.environ.get("GAN_DIST_TEST_HIDE"):
 if os.environ.get("GAN_DIST_TEST_SAVE_FAULT") and RANK == 0:
     import pathlib
 
-    from gan_dist import checkpoint
+    from gan_dist.runs import checkpoint
 
     fault = os.environ["GAN_DIST_TEST_SAVE_FAULT"]
     if fault == "unlink":
@@ -177,10 +178,10 @@ if os.environ.get("GAN_DIST_TEST_SAVE_FAULT") and RANK == 0:
         checkpoint.torch.save = failing_save
 
 if os.environ.get("GAN_DIST_TEST_RECORD"):
+    from helpers import write_fashion_mnist
     from torchvision import datasets
 
     from gan_dist import data, distributed
-    from helpers import write_fashion_mnist
 
     def fake_download(self):  # as torchvision's: nothing to do when the files are there
         if self._check_exists():
@@ -197,7 +198,7 @@ if os.environ.get("GAN_DIST_TEST_RECORD"):
         return materialize(dataset, device)
 
     data.materialize = recording_materialize
-    from gan_dist.trainer import Trainer
+    from gan_dist.training.trainer import Trainer
 
     diverged = Trainer._diverged
 

@@ -20,7 +20,8 @@ import subprocess
 import time
 from typing import Any, Optional
 
-from gan_dist.distributed import World, max_over_ranks
+from gan_dist.distributed.collectives import barrier, max_over_ranks
+from gan_dist.distributed.world import World
 
 log = logging.getLogger("gan_dist")
 SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
@@ -85,6 +86,16 @@ class Preemption:
         if agreed == PRIORITY[signal.SIGTERM] and os.environ.get("SLURM_JOB_ID"):
             time.sleep(SETTLE_S)
             self.agree(world)
+
+    def stop(self, world: World) -> Optional[BaseException]:
+        """At a stop, every rank here at the same step with that step saved: agree once more (a
+        signal that came in meanwhile counts, and a USR2 that follows Slurm's TERM), then rank 0
+        requeues (on USR2) while the others wait, so none exits before the requeue. Returns
+        what submitit's handler raised, to be raised once the process group is gone."""
+        self.settle(world, self.agree(world))
+        deferred = self.requeue_if_asked(world.is_main)
+        barrier(world)
+        return deferred
 
     @property
     def name(self) -> str:

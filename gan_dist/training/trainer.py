@@ -9,43 +9,30 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import math
-import time
-from contextlib import contextmanager
 from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from gan_dist import checkpoint, distributed, evaluation, sampling
-from gan_dist.config import Config, dump, to_dict
+from gan_dist import distributed
+from gan_dist.config import METRIC_DIRECTION, NEEDS_CLASSES, Config, dump, to_dict
 from gan_dist.data import BatchStream, DataInfo, build_dataset, check_dataset
-from gan_dist.distributed import World, all_reduce_mean, barrier, check_consistency
-from gan_dist.divergence import Monitor
-from gan_dist.ema import EMA
+from gan_dist.distributed import World, check_consistency
+from gan_dist.distributed.preemption import Preemption
+from gan_dist.distributed.seeding import draw, mix_seed
 from gan_dist.errors import UserError
-from gan_dist.losses import build_loss
-from gan_dist.models import build_models, check_contract, check_fits
-from gan_dist.preemption import Preemption
-from gan_dist.run_dir import RunDir
-from gan_dist.seeding import draw, mix_seed
-from gan_dist.tracking import Tracker
-
-
-@contextmanager
-def frozen(module: torch.nn.Module):
-    """No parameter of `module` requires grad inside; afterwards exactly the flags there were
-    (a part the user froze stays frozen: DDP left it out of its reduction when it wrapped the
-    module, so training it would let each rank update it from its own data)."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
+from gan_dist.models import frozen
+from gan_dist.quality import evaluation
+from gan_dist.runs import checkpoint, samples
+from gan_dist.runs.best import BEST, Best
+from gan_dist.runs.run_dir import RunDir
+from gan_dist.runs.tracking import Tracker
+from gan_dist.training import build
+from gan_dist.training.divergence import Monitor
+from gan_dist.training.ema import EMA
+from gan_dist.training.losses import build_loss
+from gan_dist.training.window import Window, grad_norms
 
 
 class Trainer:
@@ -69,27 +56,9 @@ class Trainer:
         cfg, world = self.cfg, self.world
         dataset, self.info = (check_dataset(data, cfg) if isinstance(data, (tuple, list))
                               else build_dataset(cfg, world, factory=data))
-        check_fits(cfg, self.info, cfg.train.batch_size // world.world_size, world.device, models)
-
-        torch.manual_seed(cfg.seed)  # same initial weights on every rank and for any W
-        generator, critic = build_models(cfg, self.info, models)
-        if world.distributed and world.device.type == "cuda":  # batch statistics over all ranks
-            generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(generator)
-        self.generator, self.critic = generator.to(world.device), critic.to(world.device)
-        check_contract(self.generator, self.critic, self.info, cfg.model.kind, world.device)
-        for net in (self.generator, self.critic):  # identical weights even if a factory's RNG is not ours
-            distributed.broadcast_module(net, world)
-        if cfg.train.channels_last:
-            self.generator.to(memory_format=torch.channels_last)
-            self.critic.to(memory_format=torch.channels_last)
-        if world.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
-            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
-        self.autocast = dict(device_type=world.device.type, dtype=torch.bfloat16,
-                             enabled=cfg.train.precision == "bf16")
-        adam = dict(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), **adam)
-        self.opt_c = torch.optim.Adam(self.critic.parameters(), **adam)
+        self.generator, self.critic = build.networks(cfg, self.info, world, models)
+        self.autocast = build.device_switches(cfg, world)
+        self.opt_g, self.opt_c = build.optimizers(cfg, self.generator, self.critic)
         self.loss = build_loss(cfg.loss)
         self.num_classes = self.generator.num_classes
         self.batches_per_step = 1 if cfg.loss.reuse_batch else cfg.loss.n_critic
@@ -99,9 +68,9 @@ class Trainer:
         self.monitor = Monitor(cfg.train.divergence_factor)
         self.best = None
         if cfg.train.keep_best:
-            if cfg.train.keep_best in evaluation.NEEDS_CLASSES and not self.num_classes:
+            if cfg.train.keep_best in NEEDS_CLASSES and not self.num_classes:
                 raise UserError(f"train.keep_best: {cfg.train.keep_best} needs a conditional model")
-            self.best = checkpoint.Best(cfg.train.keep_best, evaluation.DIRECTION[cfg.train.keep_best] == "min")
+            self.best = Best(cfg.train.keep_best, METRIC_DIRECTION[cfg.train.keep_best] == "min")
         # The stateful parts, saved and restored by name (beside them: step, config, data_info).
         self.parts = {"generator": self.generator, "critic": self.critic, "opt_generator": self.opt_g,
                       "opt_critic": self.opt_c, "data": self.stream, "divergence": self.monitor,
@@ -112,16 +81,9 @@ class Trainer:
         if self.eval_every:  # load (and fail) before training; the real set's features once per run
             self.feature_net, self.reference = evaluation.prepare(cfg, dataset, world, self.info, self.run_dir)
         self.step, self.wandb_run_id, self.last_metrics = 0, "", {}
+        self.window = Window(self.loss.stat_names + ("loss_gen",), world.device)
         self._resume()
-
-        self.generator_ddp = distributed.wrap(self.generator, world)
-        self.critic_ddp = distributed.wrap(self.critic, world)
-        if cfg.train.compile:
-            # A penalty's double backward (WGAN-GP, R1) does not go through torch.compile
-            # (README): such a critic stays eager; the generator is always compiled.
-            self.generator_ddp = torch.compile(self.generator_ddp)
-            if not self.loss.needs_double_backward:
-                self.critic_ddp = torch.compile(self.critic_ddp)
+        self.generator_ddp, self.critic_ddp = build.wrapped(cfg, world, self.loss, self.generator, self.critic)
 
     def close(self) -> None:
         """Drop the DDP wrappers before the process group goes: a DDP reducer destroyed
@@ -155,7 +117,7 @@ class Trainer:
         config's optimizer settings on top (the lr scaled by the rollbacks); what changed."""
         checkpoint.restore(self.parts, state, path)
         if self.best is not None:  # best.pt may be newer than this checkpoint
-            self.best.sync(self.run_dir.checkpoints / checkpoint.BEST, self.world)
+            self.best.sync(self.run_dir.checkpoints / BEST, self.world)
         if rollbacks is not None:  # a rollback: the checkpoint's count is older
             self.monitor.rollbacks = rollbacks
         self.step = int(state["step"])
@@ -171,12 +133,7 @@ class Trainer:
         """Every rank is here at the same step with the same reason. Stop with one line, or
         return every rank to the last checkpoint with lower learning rates."""
         cfg = self.cfg
-        if cfg.train.on_divergence == "stop":
-            raise UserError(f"{reason}; stopped, checkpoints kept as they were "
-                            "(train.on_divergence=rollback returns to the last checkpoint instead)")
-        if self.monitor.rollbacks >= cfg.train.max_rollbacks:
-            raise UserError(f"{reason}; stopped after {self.monitor.rollbacks} rollback(s) "
-                            f"(train.max_rollbacks={cfg.train.max_rollbacks}), checkpoints kept as they were")
+        self.monitor.allow_rollback(reason, cfg.train)  # or raise the stop line
         found = checkpoint.resume_state(self.run_dir.path, self.world, cfg.run.shared_fs_wait_s)
         if found is None:
             raise UserError(f"{reason}; no checkpoint to roll back to yet (the first is written at step "
@@ -184,7 +141,7 @@ class Trainer:
         state, path = found
         rollbacks, diverged_at = self.monitor.rollbacks + 1, self.step
         self._load(state, path, rollbacks)
-        self._start_window()
+        self.window.reset()
         self.tracker.rollback(self.step, diverged_at, {"rollbacks": rollbacks, "lr": self.opt_g.param_groups[0]["lr"]})
         self.tracker.warn(f"{reason} (step {diverged_at}): rolled back to {path.name} at step {self.step}, learning "
                           f"rates x{self.lr_scale:g} (rollback {rollbacks} of at most {cfg.train.max_rollbacks})")
@@ -238,7 +195,7 @@ class Trainer:
         cfg, world = self.cfg, self.world
         self.tracker = Tracker(cfg, world.is_main, resume_step=self.step, run_id=self.wandb_run_id)
         self.wandb_run_id = self.tracker.run_id or self.wandb_run_id
-        self.sample_z, self.sample_onehot, self.sample_nrow = sampling.fixed_inputs(
+        self.sample_z, self.sample_onehot, self.sample_nrow = samples.fixed_inputs(
             cfg.model.z_dim, self.num_classes, cfg.seed)
         own = not self.preemption.installed  # the CLI installs it earlier, before start-up
         if own:
@@ -258,16 +215,11 @@ class Trainer:
         self.tracker.info(f"training {cfg.model.kind}/{cfg.loss.kind} on {cfg.data.name}: steps {self.step}->"
                           f"{cfg.train.steps}, global batch {cfg.train.batch_size} on {world.world_size} rank(s), "
                           f"{torch.get_num_threads()} thread(s) each, device {world.device}")
-        self._start_window()
+        self.window.reset()
         while self.step < cfg.train.steps:
-            stats = self.train_step(self.step)
-            # Remember the first step with a non-finite loss, without a host sync.
-            self._first_bad = torch.minimum(self._first_bad, torch.where(
-                torch.isfinite(stats).all(), float("inf"), float(self.step)))
-            self._window += stats
+            self.window.add(self.train_step(self.step), self.step)
             self.step += 1
             self.tracker.advance()
-            self._window_steps += 1
             last = self.step == cfg.train.steps
             # The one per-step collective: a CPU all-reduce of the signal flags, so every rank
             # stops at the same step even when only some ranks received the signal.
@@ -288,72 +240,47 @@ class Trainer:
         return "finished"
 
     def _stop(self) -> str:
-        """Every rank is here at the same step, that step saved. Rank 0 requeues (on USR2)
-        while the others wait, so none exits before the requeue."""
-        agreed = self.preemption.agree(self.world)  # one that came in meanwhile counts
-        self.preemption.settle(self.world, agreed)  # ... and a USR2 that follows Slurm's TERM
+        """Every rank is here at the same step, that step saved."""
+        self.deferred_exit = self.preemption.stop(self.world)
         self.tracker.info(f"stopped by {self.preemption.name} at step {self.step} (saved); "
                           "the same command resumes from there")
-        self.deferred_exit = self.preemption.requeue_if_asked(self.world.is_main)
-        barrier(self.world)
         return "stopped"
-
-    def _start_window(self) -> None:
-        self._window = torch.zeros(len(self.loss.stat_names) + 1, device=self.world.device)
-        self._first_bad = torch.full((1,), float("inf"), device=self.world.device)
-        self._window_start, self._window_steps = time.perf_counter(), 0
 
     def _log_window(self) -> bool:
         """Average the stats since the last log over steps and ranks (one all-reduce) and log
         them. False when the window diverged and every rank rolled back (see _diverged)."""
-        cfg, world = self.cfg, self.world
-        names = self.loss.stat_names + ("loss_gen",)
-        means = all_reduce_mean(self._window / self._window_steps, world).tolist()
-        if world.distributed:
-            torch.distributed.all_reduce(self._first_bad, op=torch.distributed.ReduceOp.MIN)
-        first_bad = self._first_bad.item()
-        first_bad = int(first_bad) + 1 if math.isfinite(first_bad) else None
-        grad_norms = self._grad_norms()
+        cfg = self.cfg
+        means, first_bad = self.window.reduce(self.world)
+        norms = grad_norms(critic=self.critic, generator=self.generator)
         # Means and gradient norms are the same on every rank: so is the verdict.
-        reason = self.monitor.check({**dict(zip(names, means)), **grad_norms}, first_bad)
+        reason = self.monitor.check({**means, **norms}, first_bad)
         if reason is not None:
-            self._diverged(f"{reason} (means since the last log: "
-                           f"{', '.join(f'{n}={v:.4g}' for n, v in zip(names, means))})")
+            self._diverged(f"{reason} (means since the last log: {', '.join(f'{n}={v:.4g}' for n, v in means.items())})")
             return False
-        elapsed = time.perf_counter() - self._window_start
+        elapsed, steps = self.window.elapsed, self.window.steps
         # Images through the critic: real + fake per critic update, the fakes of the generator update.
-        images = self._window_steps * cfg.train.batch_size * (2 * cfg.loss.n_critic + 1)
-        self.last_metrics = {**dict(zip(names, means)), **grad_norms, "epoch": self.stream.epoch,
-                             "lr": self.opt_g.param_groups[0]["lr"], "images_per_sec": images / elapsed,
-                             "step_time": elapsed / self._window_steps}
+        images = steps * cfg.train.batch_size * (2 * cfg.loss.n_critic + 1)
+        self.last_metrics = {**means, **norms, "epoch": self.stream.epoch, "lr": self.opt_g.param_groups[0]["lr"],
+                             "images_per_sec": images / elapsed, "step_time": elapsed / steps}
         self.tracker.log(self.step, self.last_metrics)
-        self._start_window()
+        self.window.reset()
         return True
 
-    def _grad_norms(self) -> dict:
-        """Norms of the last update's gradients (already all-reduced: the same on every rank)."""
-        out = {}
-        for name, module in (("grad_norm_critic", self.critic), ("grad_norm_generator", self.generator)):
-            grads = [p.grad for p in module.parameters() if p.grad is not None]
-            out[name] = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item() \
-                if grads else 0.0
-        return out
-
     @property
-    def sampler(self) -> torch.nn.Module:
+    def sample_generator(self) -> torch.nn.Module:
         """The generator for grids and evaluation: the EMA one unless eval.use_ema=false."""
         return self.ema.module if self.ema is not None and self.cfg.eval.use_ema else self.generator
 
     def save_samples(self) -> None:
         if not self.world.is_main:
             return
-        images = sampling.generate(self.sampler, self.sample_z, self.sample_onehot)
+        images = samples.generate(self.sample_generator, self.sample_z, self.sample_onehot)
         path = self.run_dir.samples / f"step_{self.step:08d}.png"
         try:
-            sampling.save_grid(images, path, self.sample_nrow)
+            samples.save_grid(images, path, self.sample_nrow)
         except OSError as e:  # a full disk: a grid is not worth stopping for (the checkpoint is)
             self.tracker.warn(f"could not write {path} ({e.strerror or e})")
-        self.tracker.log_image(self.step, "samples", sampling.to_uint8_grid(images, self.sample_nrow))
+        self.tracker.log_image(self.step, "samples", samples.to_uint8_grid(images, self.sample_nrow))
 
     def evaluate(self) -> Optional[dict]:
         """Quality of the sampler (EMA by default): every rank generates its share. Keeps
@@ -361,7 +288,7 @@ class Trainer:
         None when its images were not finite: a divergence (stopped, or rolled back)."""
         cfg = self.cfg
         try:
-            result = evaluation.evaluate(self.sampler, self.feature_net, self.reference, cfg.eval, self.num_classes,
+            result = evaluation.evaluate(self.sample_generator, self.feature_net, self.reference, cfg.eval, self.num_classes,
                                          cfg.model.z_dim, cfg.seed, self.world)
         except evaluation.NotFinite as e:  # judged on gathered features: the same on every rank
             self._diverged(f"{e} at step {self.step}")
@@ -370,7 +297,7 @@ class Trainer:
         value = result.get(cfg.train.keep_best) if self.best is not None else None
         if value is not None and self.best.improves(value, self.world):
             self.best.value, self.best.step = value, self.step
-            self.save_checkpoint(checkpoint.BEST)
+            self.save_checkpoint(BEST)
         return result
 
     def state_dict(self) -> dict:

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from gan_dist.errors import UserError
+from gan_dist.errors import UserError, first_line
 
 FILE_NAME = "weights-inception-2015-12-05-6726825d.pth"
 URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{FILE_NAME}"
@@ -76,7 +76,7 @@ def weights_file(path: str) -> Path:
         p.parent.mkdir(parents=True, exist_ok=True)
         _download(URL, p)
     except Exception as e:  # URLError, timeouts, refused connections, HTTP errors, a read-only cache
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise UserError(f"eval.features: the FID Inception weights {FILE_NAME} are not in {p.parent} and "
                         f"could not be downloaded from {URL} ({reason}); put the file there (download it on a "
                         f"connected machine) or give it as eval.features=fid_inception:PATH") from None
@@ -88,7 +88,7 @@ def _state_dict(p: Path, data: bytes) -> dict:
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many types for files that are not checkpoints
-        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        cause = first_line(e)
         if cause.startswith("Weights only load failed"):  # torch's advice (weights_only=False) does not apply
             cause = "not a file of tensors that torch.load(weights_only=True) reads"
         raise UserError(f"eval.features: {p} is not a weights file of the FID Inception network ({cause})") from None

@@ -23,7 +23,7 @@ from torchvision import datasets, transforms
 from gan_dist import registry
 from gan_dist.config import Config
 from gan_dist.distributed import World, raise_if_any
-from gan_dist.errors import UserError
+from gan_dist.errors import UserError, first_line
 
 log = logging.getLogger("gan_dist")
 
@@ -100,7 +100,7 @@ def fashion_mnist(cfg: Config) -> tuple[Dataset, DataInfo]:
             datasets.FashionMNIST(str(root), train=True, download=True)
         except Exception as e:  # URLError, socket timeouts, torchvision's RuntimeError, checksum...
             raise UserError(f"data.download: could not download Fashion-MNIST into {root} "
-                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+                            f"({first_line(e)})") from None
     elif not root.is_dir():
         raise UserError(f"data.root: {root} does not exist (set data.download=true to fetch Fashion-MNIST)")
     raw = root / "FashionMNIST" / "raw"
@@ -141,8 +141,7 @@ class SkippingImageFolder(datasets.ImageFolder):
     def _warn(self, path: str, error: Exception) -> None:
         if path not in self._warned:
             self._warned.add(path)
-            log.warning("skipping unreadable image %s (%s: %s); the next image takes its place", path,
-                        type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            log.warning("skipping unreadable image %s (%s); the next image takes its place", path, first_line(error))
 
 
 def image_folder(cfg: Config) -> tuple[Dataset, DataInfo]:
@@ -178,7 +177,7 @@ def build_dataset(cfg: Config, world: Optional[World] = None, factory: Optional[
                 error = str(e)
             except Exception as e:  # a user's factory: its traceback here, one line on every rank
                 log.exception("the dataset factory %s failed", cfg.data.name)
-                error = f"data.name={cfg.data.name}: the factory raised {type(e).__name__}: {e}"
+                error = f"data.name={cfg.data.name}: the factory raised {first_line(e)}"
         raise_if_any(error, world)  # also the barrier between the turns
     return result
 

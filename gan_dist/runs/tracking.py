@@ -15,9 +15,8 @@ from typing import Optional
 import torch
 
 from gan_dist.config import Config, to_dict
-from gan_dist.errors import UserError
-from gan_dist.run_dir import RunDir
-
+from gan_dist.errors import UserError, first_line
+from gan_dist.runs.run_dir import RunDir
 
 log = logging.getLogger("gan_dist")
 
@@ -88,7 +87,7 @@ class Tracker:
                                             group=w.group or None, tags=w.tags or None, mode=w.mode,
                                             dir=where, id=run_id or None, resume="allow", config=to_dict(cfg))
             except Exception as e:  # no network, bad key...: the run goes on with metrics.jsonl
-                self.warn(f"wandb did not start ({type(e).__name__}: {e}); metrics go to {self.metrics_path} only")
+                self.warn(f"wandb did not start ({first_line(e)}); metrics go to {self.metrics_path} only")
 
     @property
     def run_id(self) -> str:

@@ -70,7 +70,7 @@ class WGANGP:
 
 class BCE:
     """Logits + BCEWithLogitsLoss (stable); the generator's loss is the non-saturating one."""
-    stat_names = ("loss_critic", "d_real", "d_fake")
+    stat_names = ("loss_critic", "p_real", "p_fake")  # sigmoid(D): probabilities
     needs_double_backward = False
 
     def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
@@ -90,7 +90,7 @@ class BCE:
 class Hinge:
     """The hinge loss of SAGAN and BigGAN: relu(1 - D(real)) + relu(1 + D(fake)) for the
     critic, -D(fake) for the generator. Usually with a spectral-norm critic."""
-    stat_names = ("loss_critic", "d_real", "d_fake")
+    stat_names = ("loss_critic", "score_real", "score_fake")  # raw D scores
     needs_double_backward = False
 
     def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
@@ -108,7 +108,7 @@ class NonSaturatingR1:
     """StyleGAN2's loss: softplus(D(fake)) + softplus(-D(real)) for the critic, softplus(-D(fake))
     for the generator, and gamma/2 * R1 on the real images, lazily: every k-th critic update
     weighted by k (loss.gp_every), the update without it being one forward over real+fake."""
-    stat_names = ("loss_critic", "r1", "d_real", "d_fake")
+    stat_names = ("loss_critic", "r1", "score_real", "score_fake")  # raw D scores (logits)
 
     needs_double_backward = True  # R1 differentiates a gradient
 

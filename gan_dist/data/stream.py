@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from gan_dist.config import Config
-from gan_dist.datasets import DataInfo, build_dataset, check_dataset
+from gan_dist.data.datasets import DataInfo, build_dataset, check_dataset
 from gan_dist.distributed import World, rows
 from gan_dist.errors import UserError
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchvision.utils import make_grid, save_image
 
-from gan_dist.seeding import seeded_generator
+from gan_dist.distributed.seeding import seeded_generator
 
 
 def fixed_inputs(z_dim: int, num_classes: int, seed: int, per_class: int = 8):

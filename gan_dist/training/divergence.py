@@ -12,6 +12,8 @@ from __future__ import annotations
 import statistics
 from typing import Optional
 
+from gan_dist.errors import UserError
+
 WATCHED = ("wasserstein", "grad_norm_critic")  # what explodes first when a critic blows up
 HISTORY = 20  # log windows in the running median
 WARMUP = 5    # windows seen before a median is trusted
@@ -42,6 +44,15 @@ class Monitor:
             if name in metrics:
                 self.history[name] = (self.history[name] + [abs(float(metrics[name]))])[-HISTORY:]
         return None
+
+    def allow_rollback(self, reason: str, train) -> None:
+        """Return when train.on_divergence allows a rollback now, else raise the stop line."""
+        if train.on_divergence == "stop":
+            raise UserError(f"{reason}; stopped, checkpoints kept as they were "
+                            "(train.on_divergence=rollback returns to the last checkpoint instead)")
+        if self.rollbacks >= train.max_rollbacks:
+            raise UserError(f"{reason}; stopped after {self.rollbacks} rollback(s) "
+                            f"(train.max_rollbacks={train.max_rollbacks}), checkpoints kept as they were")
 
     def state_dict(self) -> dict:
         return {"history": {k: list(v) for k, v in self.history.items()}, "rollbacks": self.rollbacks}

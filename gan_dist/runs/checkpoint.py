@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import os
 import re
 import shutil
@@ -19,8 +18,8 @@ import torch
 
 from gan_dist.config import ARCHITECTURE_KEYS, Config, get
 from gan_dist.distributed import World, broadcast_object, raise_if_any
-from gan_dist.errors import UserError
-from gan_dist.run_dir import RunDir
+from gan_dist.errors import UserError, first_line
+from gan_dist.runs.run_dir import RunDir
 
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
 REQUIRED_KEYS = ("generator", "critic", "opt_generator", "opt_critic", "step", "config")
@@ -85,7 +84,7 @@ def save(run_dir: str | Path, state: dict[str, Any], keep: int, name: str = "") 
             raise UserError(f"checkpoint {final}: {os_error.strerror} (needs about {_size(_state_bytes(state))}, "
                             f"{_size(free)} free); removed the partial file, the earlier checkpoints are intact: "
                             "free space and run the same command to resume") from None
-        cause = os_error.strerror if os_error is not None and os_error.strerror else _describe(e)
+        cause = os_error.strerror if os_error is not None and os_error.strerror else first_line(e)
         raise UserError(f"checkpoint {final}: cannot write ({cause}); removed the partial file, "
                         "the earlier checkpoints are intact") from None
     # The new checkpoint is in place: what follows only tidies up, and a failure to remove a
@@ -98,58 +97,6 @@ def save(run_dir: str | Path, state: dict[str, Any], keep: int, name: str = "") 
         except OSError as e:
             logging.getLogger("gan_dist").warning(f"could not remove {path} ({e.strerror or e}); it stays")
     return final
-
-
-BEST = "best.pt"
-
-
-class Best:
-    """The best evaluation so far under train.keep_best: a stateful part, so a resumed run
-    knows what checkpoints/best.pt holds and what a new evaluation must beat.
-
-    The value to beat never goes backwards: a resume or a rollback loads a step checkpoint
-    that can be older than best.pt, so after loading, the value is read from best.pt itself
-    (sync). Rank 0 reads and judges, every rank takes its verdict (a broadcast): ranks that
-    compared floats of their own could disagree and only some would save."""
-
-    def __init__(self, metric: str, lower_is_better: bool):
-        self.metric, self.lower_is_better = metric, lower_is_better
-        self.value: Optional[float] = None
-        self.step = -1
-
-    def _better(self, value: float, than: Optional[float]) -> bool:
-        if not math.isfinite(value):
-            return False
-        if than is None:
-            return True
-        return value < than if self.lower_is_better else value > than
-
-    def improves(self, value: float, world: World) -> bool:
-        """Rank 0's verdict, the same on every rank."""
-        return bool(broadcast_object(self._better(value, self.value), world))
-
-    def sync(self, path: Path, world: World) -> None:
-        """The better of this value and the one best.pt holds (rank 0 reads it, memory-mapped:
-        the weights are not read), on every rank."""
-        best = (self.value, self.step)
-        if world.is_main and path.is_file():
-            try:
-                saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("best") or {}
-            except Exception as e:  # a damaged best.pt: judged from the step checkpoint, said once
-                logging.getLogger("gan_dist").warning(f"{path} is unreadable ({_describe(e)}); the best value "
-                                                      "to beat comes from the step checkpoint")
-                saved = {}
-            if saved.get("metric") == self.metric and saved.get("value") is not None and \
-                    self._better(float(saved["value"]), self.value):
-                best = (float(saved["value"]), int(saved["step"]))
-        self.value, self.step = broadcast_object(best, world)
-
-    def state_dict(self) -> dict:
-        return {"metric": self.metric, "value": self.value, "step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state["metric"] == self.metric:  # another metric than before: start judging afresh
-            self.value, self.step = state["value"], int(state["step"])
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -169,15 +116,11 @@ def load_latest(run_dir: str | Path, warn: Callable[[str], None] = logging.getLo
         try:
             return _read(path), path
         except Exception as e:  # torch raises many types for truncated/corrupt files
-            warn(f"checkpoint {path} is unreadable ({_describe(e)}); trying the one before it")
+            warn(f"checkpoint {path} is unreadable ({first_line(e)}); trying the one before it")
     if paths:
         raise UserError(f"no readable checkpoint in {RunDir(run_dir).checkpoints} ({len(paths)} unreadable); "
                         "move them away to start afresh")
     return None
-
-
-def _describe(e: Exception) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def resume_state(run_dir: str | Path, world: World, wait_s: float,
@@ -210,7 +153,7 @@ def resume_state(run_dir: str | Path, world: World, wait_s: float,
                          f"is not there after {wait_s:g} s: run.dir must be one directory on a filesystem every node sees")
             time.sleep(0.2)
         except Exception as e:
-            error = f"rank {world.rank} on {socket.gethostname()}: cannot read {path}, which rank 0 read ({_describe(e)})"
+            error = f"rank {world.rank} on {socket.gethostname()}: cannot read {path}, which rank 0 read ({first_line(e)})"
     if state is not None and int(state["step"]) != step:
         error = (f"rank {world.rank} on {socket.gethostname()}: {path} holds step {state['step']}, rank 0 read step "
                  f"{step}: run.dir must be one directory on a filesystem every node sees")
@@ -228,7 +171,7 @@ def _old_data_position(state: dict[str, Any]) -> tuple[int, int]:
 
 def data_info(state: dict[str, Any], cfg: Config, path: Path):
     """The checkpoint's DataInfo (classes, channels, image size: what rebuilds the generator)."""
-    from gan_dist.datasets import DataInfo
+    from gan_dist.data.datasets import DataInfo
 
     info = state.get("data_info")
     try:
@@ -249,7 +192,7 @@ def read(path: str | Path) -> dict[str, Any]:
     try:
         return _read(path)
     except Exception as e:
-        raise UserError(f"checkpoint {path} is unreadable ({_describe(e)})") from None
+        raise UserError(f"checkpoint {path} is unreadable ({first_line(e)})") from None
 
 
 def check_compatible(state: dict[str, Any], cfg: Config, path: Path) -> None:
@@ -267,7 +210,7 @@ def load_state(module: torch.nn.Module, state: dict[str, Any], what: str, path: 
         module.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError) as e:
         raise UserError(f"checkpoint {path}: its {what} does not fit this model "
-                        f"({str(e).splitlines()[0]})") from None
+                        f"({first_line(e)})") from None
 
 
 def restore(parts: dict[str, Any], state: dict[str, Any], path: Path) -> None:

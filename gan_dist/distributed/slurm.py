@@ -6,8 +6,8 @@ from __future__ import annotations
 import subprocess
 from typing import Optional
 
+from gan_dist.distributed.seeding import mix_seed
 from gan_dist.errors import UserError
-from gan_dist.seeding import mix_seed
 
 
 def srun_ranks(env) -> Optional[dict]:

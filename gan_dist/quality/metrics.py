@@ -22,6 +22,36 @@ from gan_dist.errors import UserError
 K_NN = 3  # improved precision/recall's k (the paper's): a set needs more than K_NN rows
 
 
+def feature_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean [D], unbiased covariance [D, D]) in float64, as numpy.cov(rowvar=False)."""
+    if features.dim() != 2 or features.shape[0] < 2:
+        raise UserError(f"feature statistics need at least 2 feature rows, got shape {tuple(features.shape)}")
+    x = features.detach().to("cpu", torch.float64)
+    mu = x.mean(0)
+    xc = x - mu
+    return mu, xc.T @ xc / (x.shape[0] - 1)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).
+
+    Tr((S1 S2)^(1/2)) equals the sum of square roots of the eigenvalues of the SYMMETRIC PSD
+    matrix sqrt(S1) S2 sqrt(S1) (same spectrum as S1 S2). eigvalsh of that is stable where
+    sqrtm(S1 @ S2) of a non-symmetric product goes complex or inaccurate (rank-deficient
+    covariances: fewer samples than feature dimensions)."""
+    mu1, mu2, s1, s2 = (torch.as_tensor(t).to("cpu", torch.float64) for t in (mu1, mu2, sigma1, sigma2))
+    if s1.shape != s2.shape or mu1.shape != mu2.shape or s1.shape != (mu1.numel(), mu1.numel()):
+        raise UserError(f"frechet_distance: shapes do not match ({tuple(mu1.shape)}, {tuple(s1.shape)}, "
+                        f"{tuple(mu2.shape)}, {tuple(s2.shape)})")
+    s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
+    w, v = torch.linalg.eigh(s1)
+    root1 = (v * w.clamp(min=0).sqrt()) @ v.T
+    m = root1 @ s2 @ root1
+    tr_covmean = torch.linalg.eigvalsh((m + m.T) / 2).clamp(min=0).sqrt().sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + torch.trace(s1) + torch.trace(s2) - 2 * tr_covmean)
+
+
 def _pair(name: str, gen: Tensor, real: Tensor, min_rows: int = 2) -> tuple[Tensor, Tensor]:
     """Both feature matrices as float64 on gen's device, after checking their shapes."""
     for what, x in (("generated", gen), ("real", real)):
@@ -135,8 +165,6 @@ def class_frechet(gen_feats: Tensor, gen_labels: Tensor, real_feats: Tensor, rea
     A class with fewer than 2 generated or fewer than 2 real rows has no covariance estimate
     and is left out of the dict (no entry, rather than a NaN that would poison an average).
     Few rows per class give a strongly biased estimate: compare values at equal counts only."""
-    from gan_dist.evaluation import feature_stats, frechet_distance  # evaluation imports metrics
-
     gen_feats, real_feats = _pair("class_frechet", gen_feats, real_feats, min_rows=0)
     _positive_int("class_frechet", "num_classes", num_classes)
     labels = []
