@@ -18,8 +18,9 @@ from gan_dist.errors import UserError, first_line
 
 MODELS = {"dcgan": "gan_dist.models.dcgan:build", "mlp": "gan_dist.models.mlp:build"}
 DATASETS = {"digits": "gan_dist.data.datasets:digits", "fashion_mnist": "gan_dist.data.datasets:fashion_mnist",
-            "image_folder": "gan_dist.data.datasets:image_folder"}
+            "image_folder": "gan_dist.data.folder:image_folder", "zip": "gan_dist.data.zipdata:zip_images"}
 MOVED = {"gan_dist.datasets": "gan_dist.data.datasets"}  # an import path written before gan_dist 0.3
+MOVED_FACTORIES = {"gan_dist.datasets:image_folder": "gan_dist.data.folder:image_folder"}
 
 
 def is_import_path(spec: str) -> bool:
@@ -36,7 +37,7 @@ def check_spec(key: str, spec: str, table: dict[str, str]) -> None:
 
 def resolve(key: str, spec: str, table: dict[str, str]) -> Callable:
     check_spec(key, spec, table)
-    module_name, _, attr = table.get(spec, spec).partition(":")
+    module_name, _, attr = MOVED_FACTORIES.get(spec, table.get(spec, spec)).partition(":")
     module_name = MOVED.get(module_name, module_name)
     try:
         obj = importlib.import_module(module_name)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, Proc, latest_ckpt, ok, one_line_error, train, write_fashion_mnist, write_image_folder
 
 from gan_dist import config
 from gan_dist.cli import export, plot, sample
 from gan_dist.cli import train as train_cli
 from gan_dist.errors import UserError
+from helpers import TINY, Proc, latest_ckpt, ok, one_line_error, train, write_fashion_mnist, write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 

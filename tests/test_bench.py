@@ -47,3 +47,12 @@ def test_bench_uses_synthetic_data_when_the_dataset_is_missing(tmp_path):
     gp = res["rows"]["gp_cost"]
     assert gp["with_gp"]["median_ms"] > 0 and gp["without_gp"]["median_ms"] > 0 and gp["ratio"] > 0
     assert res["ratios"]["gp_cost"] == gp["ratio"] and res["ratios_cpu"]["gp_cost"] == gp["ratio_cpu"] > 0
+
+
+def test_the_micro_batch_axis_keeps_the_global_batch_and_allocates_less(tmp_path):
+    res, out = bench(tmp_path, "--rows", "ws1,micro2,micro4")
+    rows = res["rows"]
+    assert [rows[r]["global_batch"] for r in rows] == [16, 16, 16] and "micro2/ws1" in res["ratios"]
+    alloc = [rows[r]["step_alloc_mb"][0] for r in ("ws1", "micro2", "micro4")]
+    assert 0 < alloc[2] < alloc[1] < alloc[0], alloc  # the memory a step allocates falls with A
+    assert "step " in out

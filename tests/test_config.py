@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import one_line_error, spawn, train
 
 from gan_dist import config
 from gan_dist.errors import UserError
+from helpers import one_line_error, spawn, train
 
 REPO = Path(__file__).resolve().parents[1]
 

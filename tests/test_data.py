@@ -1,12 +1,12 @@
 import pytest
 import torch
-from helpers import write_fashion_mnist, write_image_folder
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from gan_dist import config
 from gan_dist.data import BatchStream, ResumableSampler, build_dataset
 from gan_dist.distributed import World
 from gan_dist.errors import UserError
+from helpers import write_fashion_mnist, write_image_folder
 
 
 def test_digits_is_the_real_sklearn_dataset_resized():
@@ -23,7 +23,7 @@ def test_fashion_mnist_loader_reads_idx_files(tmp_path):
     ds, info = build_dataset(config.load(None, ["data.name=fashion_mnist", f"data.root={tmp_path}",
                                                 "data.image_size=28", "model.kind=mlp", "train.batch_size=8"]))
     x, y = ds[3]
-    assert len(ds) == 32 and x.shape == (1, 28, 28) and -1 <= x.min() and x.max() <= 1 and y == 3
+    assert len(ds) == 32 and x.shape == (1, 28, 28) and x.dtype == torch.uint8 and y == 3  # pixels: [-1, 1] on the device
     assert info.num_classes == 10
     resized, _ = build_dataset(config.load(None, ["data.name=fashion_mnist", f"data.root={tmp_path}",
                                                   "data.image_size=16", "train.batch_size=8"]))
@@ -43,7 +43,7 @@ def test_image_folder_one_subfolder_per_class(tmp_path, channels):
                                                 "train.batch_size=4"]))
     x, y = ds[4]
     assert len(ds) == 6 and info.num_classes == 2 and x.shape == (channels, 16, 16) and y == 1
-    assert -1 <= x.min() and x.max() <= 1
+    assert x.dtype == torch.uint8  # pixels, made [-1, 1] on the device (gan_dist.data.images.to_unit)
 
 
 def test_batch_larger_than_dataset_is_a_user_error(tmp_path):
@@ -131,3 +131,22 @@ def test_stream_resumed_with_another_batch_and_world_size_continues_the_epoch(ba
     assert got == epoch0[24:24 + (36 - 24) // batch * batch]  # nothing replayed, nothing skipped but the tail
     nxt = torch.stack([s.next()[0] for s in ranks], 1).flatten().tolist()
     assert nxt == epoch1[:batch]
+
+
+def test_the_digits_read_without_scikit_learn_are_load_digits_resized_as_torchvision_does():
+    # The digits come from load_digits' own file without importing scikit-learn (3 s per rank),
+    # resized with torch's antialiased interpolate instead of torchvision's Resize (2.3 s).
+    from sklearn.datasets import load_digits
+    from torchvision.transforms.v2 import functional as F
+
+    from gan_dist.data.datasets import digits
+
+    ref = load_digits()
+    for size in (8, 16, 64):
+        ds, info = digits(config.load(None, [f"data.image_size={size}"]))
+        images, labels = ds.tensors
+        expect = torch.as_tensor(ref.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        if size != 8:
+            expect = F.resize(expect, [size] * 2, antialias=True).clamp(0.0, 1.0)
+        assert torch.equal(images, expect * 2.0 - 1.0) and torch.equal(labels, torch.as_tensor(ref.target)), size
+        assert (info.num_classes, info.channels, info.image_size) == (10, 1, size)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from helpers import TINY, latest_ckpt, ok, spawn, train
 
 WORKER = str(Path(__file__).parent / "workers" / "consistency.py")
@@ -78,6 +79,7 @@ def test_frozen_parameters_stay_frozen_on_two_ranks(tmp_path):
 
     sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
     import frozen_models
+
     from helpers import base_env
 
     env = dict(base_env(), PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "fixtures"),

@@ -1,8 +1,8 @@
 import torch
-from helpers import TINY, latest_ckpt, ok, train
 
 from gan_dist.runs.export import load_generator
 from gan_dist.training.ema import EMA
+from helpers import TINY, latest_ckpt, ok, train
 
 
 def test_ema_warmup_then_decay():

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ok, spawn
 from workers.evaluation_worker import inputs
 
 from gan_dist.cli.digits_classifier import main as classifier_main
@@ -17,6 +16,7 @@ from gan_dist.distributed import World
 from gan_dist.errors import UserError
 from gan_dist.quality import evaluation as E
 from gan_dist.quality.digits_classifier import digits_tensors
+from helpers import ok, spawn
 
 WORKER = str(Path(__file__).parent / "workers" / "evaluation_worker.py")
 

@@ -3,9 +3,9 @@ import sys
 import warnings
 
 import torch
-from helpers import TINY, ok, one_line_error, spawn, train
 
 from gan_dist.runs.export import load_generator
+from helpers import TINY, ok, one_line_error, spawn, train
 
 
 def _export(args):

@@ -1,12 +1,12 @@
 """Every speed switch is a config switch with a correctness check on CPU where the path exists
 here (TF32 and cudnn.benchmark are CUDA-only and only set flags)."""
 import torch
-from helpers import TINY, assert_same_state, latest_ckpt, metrics_rows, ok, train
 
 from gan_dist import config
 from gan_dist.data import DataInfo
 from gan_dist.models import build_models
 from gan_dist.training.losses import WGANGP, gradient_penalty
+from helpers import TINY, assert_same_state, latest_ckpt, metrics_rows, ok, train
 
 
 def _critic_grads(channels_last: bool, bf16: bool = False):

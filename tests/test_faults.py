@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import torch
+
 from helpers import (
     TINY,
     assert_same_state,

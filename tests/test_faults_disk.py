@@ -5,6 +5,7 @@ import os
 import subprocess
 
 import pytest
+
 from helpers import TINY, latest_ckpt, load_ckpt, ok, one_line_error, train
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs / a read-only bind mount needs root")

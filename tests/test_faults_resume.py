@@ -3,6 +3,7 @@ hyperparameters apply after loading (and the lr logged is the optimizer's), and 
 size or world size continues the epoch with exactly the samples not yet seen."""
 import pytest
 import torch
+
 from helpers import TINY, latest_ckpt, metrics_rows, ok, train
 
 ARGS = TINY + ["train.checkpoint_every=4", "train.log_every=2"]

@@ -6,6 +6,7 @@ import signal
 import sys
 
 import pytest
+
 from helpers import (
     INJECT,
     TINY,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, base_env, ok, one_line_error, train, train_injected
 
 from gan_dist import distributed
 from gan_dist.errors import UserError
+from helpers import TINY, base_env, ok, one_line_error, train, train_injected
 
 SRUN = {"SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "6", "SLURM_PROCID": "4",
         "SLURM_LOCALID": "0", "SLURM_NODEID": "1", "SLURM_STEP_TASKS_PER_NODE": "4,2",

@@ -5,9 +5,9 @@ import sys
 
 import pytest
 import torch
-from helpers import TINY, latest_ckpt, load_ckpt, metrics_rows, ok, one_line_error, spawn, train, train_injected
 
 from gan_dist.training.divergence import HISTORY, WARMUP, Monitor
+from helpers import TINY, latest_ckpt, load_ckpt, metrics_rows, ok, one_line_error, spawn, train, train_injected
 
 ROLLBACK = ["train.on_divergence=rollback", "train.max_rollbacks=2"]
 EVAL = ["eval.every=4", "eval.num_samples=40", "eval.kid_subsets=2", "eval.kid_subset_size=20"]

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+
 from helpers import TINY, latest_ckpt, load_ckpt, ok, one_line_error, train, train_injected
 
 # batch 64: 28 global batches per epoch of the 1,797 digits; 8 steps x 5 critic batches = 40.

@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, Proc, ok, one_line_error, spawn, train
 from PIL import Image
 
 from gan_dist.cli import plot, sample
 from gan_dist.runs import samples
+from helpers import TINY, Proc, ok, one_line_error, spawn, train
 
 RUN = TINY + ["train.steps=4", "train.sample_every=2", "train.checkpoint_every=2"]
 UNCONDITIONAL = ["model.kind=mlp", "model.conditional=false", "loss.kind=bce", "loss.n_critic=1", "model.hidden=[16,8]"]

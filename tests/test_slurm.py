@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from helpers import TINY, assert_same_state, base_env, latest_ckpt, metrics_rows, ok, train, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,11 +99,14 @@ def test_preempted_job_saves_a_coordinated_step_requeues_and_resumes(tmp_path, h
     assert_same_state(latest_ckpt(run), latest_ckpt(tmp_path / "straight"))
 
 
-def _sbatch(tmp_path, args: list[str], *flags: str) -> tuple[str, Path]:
+def _sbatch(tmp_path, args: list[str], *flags: str, omp: bool = True) -> tuple[str, Path]:
     out = tmp_path / "slurm.out"
+    env = base_env(tmp_path)
+    if not omp:  # an exported OMP_NUM_THREADS is the user's explicit choice and wins over the task's CPUs
+        env.pop("OMP_NUM_THREADS")
     r = subprocess.run(["sbatch", "--parsable", "--gpus-per-node=0", "--time=5", f"--output={out}",
                         f"--export=ALL,PYTHON={sys.executable}", *flags, str(REPO / "slurm" / "train.sbatch"), *args],
-                       capture_output=True, text=True, timeout=30, cwd=tmp_path, env=base_env(tmp_path))
+                       capture_output=True, text=True, timeout=30, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip().split(";")[0], out
 
@@ -161,7 +165,7 @@ def test_a_task_uses_its_cpus_per_task_and_srun_gets_the_flag(tmp_path):
     # One task with 2 CPUs: 2 threads (the cluster binds tasks: TaskPlugin=task/affinity).
     run = tmp_path / "run"
     job_id, out = _sbatch(tmp_path, TINY + ["train.steps=2", f"run.dir={run}", "train.threads=null"],
-                          "--ntasks-per-node=1", "--cpus-per-task=2")
+                          "--ntasks-per-node=1", "--cpus-per-task=2", omp=False)
     try:
         wait_for(lambda: (run / "checkpoints" / "step_00000002.pt").exists() and not _in_queue(job_id),
                  180, f"sbatch job {job_id}")

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from helpers import TINY, base_env, latest_ckpt, metrics_rows, ok, spawn, train
 from PIL import Image
+
+from helpers import TINY, base_env, latest_ckpt, metrics_rows, ok, spawn, train
 
 WANDB = str(Path(sys.executable).with_name("wandb"))
 LOGGED = {"loss_critic", "loss_gen", "gp", "wasserstein", "grad_norm_critic", "grad_norm_generator",

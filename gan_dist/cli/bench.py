@@ -15,13 +15,15 @@ from gan_dist.tools.bench import RANKS, TARGETS, bench, worker
 def report(res: dict) -> str:
     lines = [f"{'row':8} {'ranks':>5} {'batch g/r':>9} {'gen steps/s':>11} {'images/s':>9} "
              f"{'step ms median [p25-p75] (min-max)':>36} {'cpu ms/step (cpu/wall)':>24}  "
-             "peak RSS MB per rank (+ over imports)"]
+             "peak RSS MB per rank (+ over imports), step: MB a step allocates"]
     for name, r in res["rows"].items():
         if name == "gp_cost":
             continue
         s, batches = r["step"], f"{r['global_batch']}/{r['per_rank_batch']}"
         util = "/".join(f"{c:.0f} ({u:.2f})" for c, u in zip(r["cpu_ms_per_step"], r["cpu_per_wall"]))
         mem = "/".join(f"{m:.0f} (+{m - i:.0f})" for m, i in zip(r["peak_rss_mb"], r["rss_after_imports_mb"]))
+        if r.get("step_alloc_mb") and r["step_alloc_mb"][0] is not None:
+            mem += " step " + "/".join(f"{m:.1f}" for m in r["step_alloc_mb"])
         if r["cuda_max_mb"][0] is not None:
             mem += " cuda " + "/".join(f"{m:.0f}" for m in r["cuda_max_mb"])
         lines.append(f"{name:8} {r['ranks']:>5} {batches:>9} {r['gen_steps_per_s']:>11.2f} "
@@ -53,6 +55,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--classes", type=int, help="synthetic classes (default 10; image_folder 2)")
     p.add_argument("--cpu", action="store_true", help="hide CUDA from the workers")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per row before its ranks are killed")
+    p.add_argument("--loader", action="store_true", help="the loader benchmark instead (gan_dist/tools/loader_bench.py)")
+    p.add_argument("--loader-images", type=int, default=1024, help="--loader: images per layout and size")
+    p.add_argument("--startup-files", type=int, default=100_000, help="--loader: files of the start-up comparison")
     p.add_argument("--worker", choices=tuple(RANKS), help=argparse.SUPPRESS)
     p.add_argument("--out-dir", help=argparse.SUPPRESS)
     args = p.parse_intermixed_args(argv)
@@ -67,6 +72,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     def run() -> int:
         if args.worker:
             worker(args)
+            return 0
+        if args.loader:
+            from gan_dist.tools import loader_bench
+
+            res = loader_bench.run(images=args.loader_images, startup_files=args.startup_files)
+            if args.json:
+                Path(args.json).write_text(json.dumps(res, indent=1))
             return 0
         res = bench(args)
         print(report(res))

@@ -65,6 +65,7 @@ def _set(cfg: Config, key: str, value: Any) -> None:
                     _set(cfg, f"{key}.{sub}", v)
                 return
             setattr(obj, part, _coerce(key, value, hints[part]))
+            cfg.__dict__.setdefault("_explicit", set()).add(key)  # is_set: given, not a default
             return
         obj = getattr(obj, part)
         if not dataclasses.is_dataclass(obj):
@@ -101,6 +102,12 @@ def apply_overrides(cfg: Config, overrides) -> Config:
             value = text
         _set(cfg, key.strip(), value)
     return validate(cfg)
+
+
+def is_set(cfg: Config, key: str) -> bool:
+    """Was `key` given (a YAML file, an override, a checkpoint's config), or is it the default?
+    (A zip's image size and channels fill the ones left unset.)"""
+    return key in cfg.__dict__.get("_explicit", ())
 
 
 def to_dict(cfg: Config) -> dict:

@@ -30,12 +30,16 @@ class DistConfig:
 
 @dataclass
 class DataConfig:
-    name: str = setting("digits", "digits | fashion_mnist | image_folder | package.module:factory")
-    root: str = setting("", "the dataset's folder (digits ship inside scikit-learn)")
-    image_size: int = setting(16, "images are resized (and center-cropped) to this square size")
-    channels: int = setting(1, "image_folder: 1 (grayscale) or 3 (RGB)")
+    name: str = setting("digits", "digits | fashion_mnist | image_folder | zip | package.module:factory")
+    root: str = setting("", "the dataset's folder (zip: the .zip file; digits ship inside scikit-learn)")
+    image_size: int = setting(16, "images are resized (and center-cropped) to this square size (zip: unset "
+                              "takes the zip's)")
+    channels: int = setting(1, "image_folder, zip: 1 (grayscale) or 3 (RGB) (zip: unset takes the zip's)")
     download: bool = setting(False, "fashion_mnist: download into data.root (off: clusters often have no internet)")
-    num_workers: int = setting(0, "DataLoader worker processes per rank (persistent; pinned memory on CUDA)")
+    num_workers: str = setting("auto", "DataLoader worker processes per rank (persistent; pinned memory on CUDA); "
+                               "auto: for file-backed datasets from the CPUs and the device, else 0")
+    decode: str = setting("cpu", "zip of JPEGs: cpu (in the loader's workers) | device (whole batches with "
+                          "torchvision.io.decode_jpeg on the training device: nvjpeg on CUDA)")
     start_method: str = setting("", "the workers' start method: '' (platform default) | fork | forkserver | spawn")
     on_device: bool = setting(False, "keep the whole (small) dataset on the device: no loader at all")
 
@@ -66,16 +70,34 @@ class LossConfig:
 
 
 @dataclass
+class NetworkOptimConfig:
+    lr: Optional[float] = setting(None, "this network's learning rate; null: optim.lr")
+    betas: Optional[list[float]] = setting(None, "this network's Adam betas; null: optim.betas")
+    eps: Optional[float] = setting(None, "this network's Adam eps; null: optim.eps")
+
+
+@dataclass
 class OptimConfig:
-    lr: float = setting(2e-4, "Adam's learning rate (a resumed run takes the config's)")
+    lr: float = setting(2e-4, "Adam's learning rate of both networks (a resumed run takes the config's)")
     betas: list[float] = setting([0.0, 0.9], "Adam's betas (the WGAN-GP paper's)")
     eps: float = setting(1e-8, "Adam's eps; larger values damp updates of near-zero gradients")
+    generator: NetworkOptimConfig = field(default_factory=NetworkOptimConfig)  # TTUR: the two at their own rates
+    critic: NetworkOptimConfig = field(default_factory=NetworkOptimConfig)
+
+    def of(self, network: str) -> dict:
+        """Adam's settings of one network ("generator" | "critic"): its own, else the shared ones."""
+        own = getattr(self, network)
+        return {"lr": self.lr if own.lr is None else own.lr, "betas": tuple(self.betas if own.betas is None else own.betas),
+                "eps": self.eps if own.eps is None else own.eps}
 
 
 @dataclass
 class TrainConfig:
     steps: int = setting(3000, "generator steps to train to")
     batch_size: int = setting(64, "the GLOBAL batch, split evenly across ranks")
+    micro_batch: str = setting("0", "images per rank per forward (gradient accumulation over batch_size / (W x "
+                               "micro_batch) micro-batches); 0: batch_size / W at the first start, then kept by "
+                               "resumes; auto: the largest that fits the GPU (CPU: batch_size / W)")
     threads: Optional[int] = setting(None, "torch threads per rank; null: OMP_NUM_THREADS outside torchrun, else "
                                      "the CPUs available / ranks on the node")
     log_every: int = setting(50, "steps between metric lines (one all-reduce each)")
@@ -133,6 +155,7 @@ class Config:
 CHOICES = {
     "dist.backend": ("auto", "nccl", "gloo"),
     "data.start_method": ("", "fork", "forkserver", "spawn"),
+    "data.decode": ("cpu", "device"),
     "model.norm": ("batch", "none"),
     "model.critic_norm": ("instance", "none"),
     "loss.kind": ("wgan_gp", "bce", "hinge", "ns_r1"),
@@ -161,7 +184,6 @@ RANGES = {
     "seed": (0, SEED_MAX, True, True),
     "run.shared_fs_wait_s": (0, None, True, True),
     "data.image_size": (1, None, True, True),
-    "data.num_workers": (0, None, True, True),
     "model.z_dim": (1, None, True, True),
     "model.width": (1, None, True, True),
     "model.dropout": (0.0, 1.0, True, False),
@@ -171,6 +193,10 @@ RANGES = {
     "loss.gp_every": (1, None, True, True),
     "optim.lr": (0.0, 1.0, False, True),
     "optim.eps": (0.0, 1.0, False, False),
+    "optim.generator.lr": (0.0, 1.0, False, True),
+    "optim.generator.eps": (0.0, 1.0, False, False),
+    "optim.critic.lr": (0.0, 1.0, False, True),
+    "optim.critic.eps": (0.0, 1.0, False, False),
     "train.steps": (0, None, True, True),
     "train.batch_size": (1, None, True, True),
     "train.threads": (1, None, True, True),

@@ -70,8 +70,14 @@ def validate(cfg: Config) -> Config:
         _check_range(key, get(cfg, key))
     if not cfg.run.dir.strip():
         raise UserError("run.dir: must not be empty")
-    if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
-        raise UserError(f"optim.betas: expected two numbers in [0, 1), got {cfg.optim.betas}")
+    for key, betas in (("optim.betas", cfg.optim.betas), ("optim.generator.betas", cfg.optim.generator.betas),
+                       ("optim.critic.betas", cfg.optim.critic.betas)):
+        if betas is not None and (len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas)):
+            raise UserError(f"{key}: expected two numbers in [0, 1), got {betas}")
+    micro = cfg.train.micro_batch
+    if micro != "auto" and not (micro.isdigit() and int(micro) >= 0):
+        raise UserError(f"train.micro_batch: expected 0 (batch_size / world size), a positive number of images or "
+                        f"auto, got {micro!r}")
     if cfg.eval.features.split(":", 1)[0] not in ("digits", "fid_inception", "inception", "torchscript"):
         raise UserError(f"eval.features: unknown {cfg.eval.features!r} "
                         "(digits[:PATH] | fid_inception[:PATH] | inception:PATH | torchscript:PATH)")
@@ -90,7 +96,10 @@ def validate(cfg: Config) -> Config:
     size = cfg.data.image_size
     if cfg.model.kind == "dcgan" and (size < 8 or size & (size - 1)):
         raise UserError(f"data.image_size: the DCGAN needs a power of two >= 8, got {size}")
-    if cfg.data.name in ("fashion_mnist", "image_folder") and not cfg.data.root:
+    workers = cfg.data.num_workers
+    if workers != "auto" and not (workers.lstrip("-").isdigit() and int(workers) >= 0):
+        raise UserError(f"data.num_workers: must be >= 0 or auto, got {workers!r}")
+    if cfg.data.name in ("fashion_mnist", "image_folder", "zip") and not cfg.data.root:
         raise UserError(f"data.root: required for data.name={cfg.data.name}")
     if cfg.loss.kind == "ns_r1" and cfg.loss.r1_gamma is None and cfg.loss.gp_lambda != 10.0:
         # loss.gp_lambda used to be R1's gamma too: an old config keeps its meaning

@@ -1,14 +1,13 @@
-"""The datasets, as (image in [-1, 1], label): scikit-learn's digits (embedded, no download),
-Fashion-MNIST (torchvision, IDX files), an ImageFolder (one subfolder per class).
+"""The datasets as (image [C, H, W], label): scikit-learn's digits (embedded, no download; float
+in [-1, 1]), Fashion-MNIST (torchvision, IDX files; uint8); ImageFolder and zip live in
+folder.py and zipdata.py. The dataset contract, its check, and the factory's turns across
+ranks (build_dataset).
 
 Bad files end in one line naming the file, before any training: a Fashion-MNIST IDX file
-that is empty, not IDX, truncated, or whose image and label counts differ. An image of an
-ImageFolder that does not decode is only found when it is read, mid-training, on one rank:
-it is skipped with a warning naming it (the next readable image takes its place), so no rank
-stops alone and leaves the others waiting in a collective.
-"""
+that is empty, not IDX, truncated, or whose image and label counts differ."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import struct
@@ -18,10 +17,10 @@ from typing import Callable, Optional
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
-from torchvision import datasets, transforms
 
 from gan_dist import registry
-from gan_dist.config import Config
+from gan_dist.config import Config, is_set, validate
+from gan_dist.data.images import to_tensor
 from gan_dist.distributed import World, raise_if_any
 from gan_dist.errors import UserError, first_line
 
@@ -35,30 +34,42 @@ class DataInfo:
     image_size: int
 
 
-def _to_unit_range(channels: int) -> list:
-    return [transforms.ToTensor(), transforms.Normalize([0.5] * channels, [0.5] * channels)]
-
-
 def memory_bytes() -> int:
     """This machine's physical memory (what a dataset held in memory can use at most)."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def digits_arrays():
+    """(pixels [1797, 64] in 0..16, labels [1797]): load_digits' own file, read without importing
+    scikit-learn (3 s of scipy for every rank of every run); load_digits where the file moved."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.find_spec("sklearn")  # finds the package without running it
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if path is not None and path.is_file():
+        data = np.loadtxt(path, delimiter=",")
+        return data[:, :-1], data[:, -1].astype(int)
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.data, d.target
+
+
 def digits(cfg: Config) -> tuple[Dataset, DataInfo]:
     """scikit-learn's bundled handwritten digits: 1,797 real 8x8 images, no download."""
-    from sklearn.datasets import load_digits
-    from torchvision.transforms.v2 import functional as F
-
-    digits = load_digits()
+    pixels, target = digits_arrays()
     size = cfg.data.image_size
-    need = len(digits.images) * size * size * 4 * 2  # float32 resized copy, and its [-1, 1] copy
+    need = len(pixels) * size * size * 4 * 2  # float32 resized copy, and its [-1, 1] copy
     if need > memory_bytes():
         raise UserError(f"data.image_size: the digits resized to {size}x{size} need {need / 2**30:.0f} GiB, "
                         f"more than this machine's {memory_bytes() / 2**30:.0f} GiB")
-    images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # [N,1,8,8] in [0,1]
-    if size != 8:
-        images = F.resize(images, [size] * 2, antialias=True).clamp(0.0, 1.0)
-    labels = torch.as_tensor(digits.target, dtype=torch.long)
+    images = torch.as_tensor(pixels, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0  # [N,1,8,8] in [0,1]
+    if size != 8:  # what torchvision's Resize(antialias=True) computes on a tensor, bitwise
+        images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                                                 antialias=True).clamp(0.0, 1.0)
+    labels = torch.as_tensor(target, dtype=torch.long)
     return TensorDataset(images * 2.0 - 1.0, labels), DataInfo(10, 1, size)
 
 
@@ -92,8 +103,10 @@ def check_idx(path: Path, magic: int, dims: int) -> int:
 
 
 def fashion_mnist(cfg: Config) -> tuple[Dataset, DataInfo]:
+    from torchvision import datasets, transforms
+
     size = cfg.data.image_size
-    tf = ([transforms.Resize(size, antialias=True)] if size != 28 else []) + _to_unit_range(1)
+    resize = transforms.Resize(size, antialias=True) if size != 28 else (lambda img: img)
     root = Path(cfg.data.root)
     if cfg.data.download:  # build_dataset runs this on rank 0 first: one download per folder
         try:
@@ -112,51 +125,11 @@ def fashion_mnist(cfg: Config) -> tuple[Dataset, DataInfo]:
     images, labels = counts.values()
     if images != labels:
         raise UserError(f"data.root: {raw} holds {images} images but {labels} labels: the files do not belong together")
-    ds = datasets.FashionMNIST(str(root), train=True, download=False, transform=transforms.Compose(tf))
+    ds = datasets.FashionMNIST(str(root), train=True, download=False, transform=lambda img: to_tensor(resize(img), 1))
     if int(ds.targets.max()) >= 10:
         raise UserError(f"data.root: {raw / 'train-labels-idx1-ubyte'} has label {int(ds.targets.max())}; "
                         "Fashion-MNIST's are 0-9")
     return ds, DataInfo(10, 1, size)
-
-
-# ---- ImageFolder ---------------------------------------------------------------------------
-class SkippingImageFolder(datasets.ImageFolder):
-    """ImageFolder whose unreadable files are replaced by the next readable one, with a warning
-    naming the file (once per file and process). Depends on the index only, so every rank and
-    every world size makes the same replacement."""
-
-    MAX_CONSECUTIVE = 100
-    _warned: set = set()
-
-    def __getitem__(self, index: int):
-        for attempt in range(min(len(self), self.MAX_CONSECUTIVE)):
-            i = (index + attempt) % len(self)
-            try:
-                return super().__getitem__(i)
-            except Exception as e:  # PIL: UnidentifiedImageError, "image file is truncated", decompression bombs
-                self._warn(self.samples[i][0], e)
-        raise UserError(f"data.root: {self.MAX_CONSECUTIVE} images in a row do not decode "
-                        f"(from {self.samples[index][0]}); is {self.root} an image folder?")
-
-    def _warn(self, path: str, error: Exception) -> None:
-        if path not in self._warned:
-            self._warned.add(path)
-            log.warning("skipping unreadable image %s (%s); the next image takes its place", path, first_line(error))
-
-
-def image_folder(cfg: Config) -> tuple[Dataset, DataInfo]:
-    """One subfolder per class (the book's glasses/G and glasses/NoG)."""
-    root = Path(cfg.data.root)
-    if not root.is_dir():
-        raise UserError(f"data.root: {root} does not exist (expected one subfolder of images per class)")
-    c, size = cfg.data.channels, cfg.data.image_size
-    tf = ([transforms.Grayscale(1)] if c == 1 else []) + [
-        transforms.Resize(size, antialias=True), transforms.CenterCrop(size)] + _to_unit_range(c)
-    try:
-        ds = SkippingImageFolder(str(root), transform=transforms.Compose(tf))
-    except (FileNotFoundError, RuntimeError, OSError) as e:
-        raise UserError(f"data.root: {root}: {e}") from None
-    return ds, DataInfo(len(ds.classes), c, size)
 
 
 def build_dataset(cfg: Config, world: Optional[World] = None, factory: Optional[Callable] = None
@@ -183,8 +156,10 @@ def build_dataset(cfg: Config, world: Optional[World] = None, factory: Optional[
 
 
 def check_dataset(result, cfg: Config) -> tuple[Dataset, DataInfo]:
-    """The dataset contract: (dataset, DataInfo); dataset[i] = (image [C, H, W] in [-1, 1],
-    label int in [0, num_classes)); at least one global batch of items."""
+    """The dataset contract: (dataset, DataInfo); dataset[i] = (image [C, H, W], label int in
+    [0, num_classes)), the image float in [-1, 1] or uint8 pixels; at least one global batch
+    of items. data.image_size and data.channels left unset take the DataInfo's values (a zip's
+    own); set to others, one line."""
     who = f"data.name={cfg.data.name}"
     if not (isinstance(result, (tuple, list)) and len(result) == 2):
         raise UserError(f"{who}: the factory must return (dataset, DataInfo), got {type(result).__name__}")
@@ -193,6 +168,17 @@ def check_dataset(result, cfg: Config) -> tuple[Dataset, DataInfo]:
         info = DataInfo(**info)
     if not isinstance(info, DataInfo):
         raise UserError(f"{who}: the factory's second value must be a DataInfo(num_classes, channels, image_size)")
+    for key, value in (("data.image_size", info.image_size), ("data.channels", info.channels)):
+        section, name = key.split(".")
+        if getattr(cfg.data, name) != value:
+            if is_set(cfg, key):
+                raise UserError(f"{key}={getattr(cfg.data, name)}, but {cfg.data.root or who} holds images of "
+                                f"{name.replace('_', ' ')} {value}: leave {key} unset or make the data again")
+            setattr(cfg.data, name, value)
+            try:  # the dataset's size must suit the model as a set value must (DCGAN: 2^k)
+                validate(cfg)
+            except UserError as e:
+                raise UserError(f"{e} (the images of {cfg.data.root or who})") from None
     if len(ds) < cfg.train.batch_size:
         raise UserError(f"train.batch_size: {cfg.train.batch_size} is larger than the dataset "
                         f"({len(ds)} images in {cfg.data.name})")
@@ -202,9 +188,25 @@ def check_dataset(result, cfg: Config) -> tuple[Dataset, DataInfo]:
     if not isinstance(image, torch.Tensor) or tuple(image.shape) != want:
         raise UserError(f"{who}: dataset[0] must be (image {list(want)}, label) as its DataInfo says; got "
                         f"{list(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}")
-    if image.min() < -1.0 - 1e-3 or image.max() > 1.0 + 1e-3:
-        raise UserError(f"{who}: images must be in [-1, 1], dataset[0] has values in "
+    if image.dtype != torch.uint8 and (image.min() < -1.0 - 1e-3 or image.max() > 1.0 + 1e-3):
+        raise UserError(f"{who}: images must be in [-1, 1] (or uint8 pixels), dataset[0] has values in "
                         f"[{image.min().item():.3g}, {image.max().item():.3g}]")
     if not isinstance(label, (int, torch.Tensor)) or not 0 <= int(label) < max(info.num_classes, 1):
         raise UserError(f"{who}: dataset[0]'s label must be an int in [0, {max(info.num_classes, 1)}), got {label!r}")
     return ds, info
+
+
+def fingerprint(dataset: Dataset, info: DataInfo) -> dict:
+    """What identifies a dataset across resumes: count, image size, channels, classes and the
+    labels in order (hashed; None where the dataset does not say them without loading every
+    item). A resume may switch data.name (an ImageFolder and the zip made from it) when these
+    agree."""
+    labels = getattr(dataset, "targets", None)
+    if labels is None and isinstance(dataset, TensorDataset) and len(dataset.tensors) > 1:
+        labels = dataset.tensors[1]
+    digest = None
+    if labels is not None:
+        digest = hashlib.sha256(torch.as_tensor(list(labels) if not isinstance(labels, torch.Tensor) else labels,
+                                                dtype=torch.int64).numpy().tobytes()).hexdigest()[:16]
+    return {"count": len(dataset), "image_size": info.image_size, "channels": info.channels,
+            "num_classes": info.num_classes, "labels": digest}

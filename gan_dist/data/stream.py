@@ -16,11 +16,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from gan_dist.config import Config
-from gan_dist.data.datasets import DataInfo, build_dataset, check_dataset
-from gan_dist.distributed import World, rows
+from gan_dist.data.images import to_unit
+from gan_dist.data.zipdata import Encoded, ZipImages, decode_batch
+from gan_dist.distributed import World, default_threads, rows
 from gan_dist.errors import UserError
-
-__all__ = ["DataInfo", "build_dataset", "check_dataset", "ResumableSampler", "BatchStream", "materialize", "ignore_stop_signals"]
 
 # Slurm (preemption, scancel, requeue), torchrun's agent and a terminal's Ctrl-C signal every
 # process of the job, DataLoader workers included. They are the main process's to handle.
@@ -77,7 +76,8 @@ class ResumableSampler(DistributedSampler):
 
 
 def materialize(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole dataset as two device tensors (data.on_device: digits, Fashion-MNIST fit)."""
+    """The whole dataset as two device tensors (data.on_device: digits, Fashion-MNIST fit), the
+    images as the dataset gives them (uint8 pixels stay uint8: 4x less memory)."""
     if isinstance(dataset, TensorDataset):
         images, labels = dataset.tensors
     else:
@@ -85,6 +85,19 @@ def materialize(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor, t
         images = torch.stack([x for x, _ in items])
         labels = torch.as_tensor([y for _, y in items], dtype=torch.long)
     return images.to(device), labels.to(device)
+
+
+def num_workers(cfg: Config, dataset: Dataset, world: World) -> int:
+    """data.num_workers, or for auto: 0 for datasets in memory; for file-backed ones (a folder,
+    a zip: decoding per item) on CUDA the CPUs of this rank but one (one drives the GPU), at
+    most 8; on the CPU 0: there the loader in the main process delivers 50-120x what training
+    consumes (the loader benchmark against `bench` of the glasses config at 64x64, README "Your
+    own dataset"), and a worker would only take a core from the training threads."""
+    if cfg.data.num_workers != "auto":
+        return int(cfg.data.num_workers)
+    if not getattr(dataset, "file_backed", False) or world.device.type != "cuda":
+        return 0
+    return max(1, min(8, default_threads(world) - 1))
 
 
 class BatchStream:
@@ -98,15 +111,19 @@ class BatchStream:
         self.sampler = ResumableSampler(dataset, world, cfg.seed, self.batch_size)
         self.device = world.device
         self.on_device = materialize(dataset, world.device) if cfg.data.on_device else None
-        workers = cfg.data.num_workers
+        self.workers = 0 if self.on_device else num_workers(cfg, dataset, world)
+        self.images = dataset  # a ZipImages whose batches arrive encoded (data.decode=device)
+        encoded = cfg.data.decode == "device" and isinstance(dataset, ZipImages)
         self.loader = None if self.on_device else DataLoader(
-            dataset, batch_size=self.local_batch, sampler=self.sampler, drop_last=True, num_workers=workers,
-            persistent_workers=workers > 0, pin_memory=world.device.type == "cuda",
-            worker_init_fn=ignore_stop_signals if workers else None,
-            multiprocessing_context=(cfg.data.start_method or None) if workers else None,
+            Encoded(dataset) if encoded else dataset, batch_size=self.local_batch, sampler=self.sampler,
+            drop_last=True, num_workers=self.workers, persistent_workers=self.workers > 0,
+            pin_memory=world.device.type == "cuda", collate_fn=Encoded.collate if encoded else None,
+            worker_init_fn=ignore_stop_signals if self.workers else None,
+            multiprocessing_context=(cfg.data.start_method or None) if self.workers else None,
             # its own generator: starting an iterator (resume, new epoch) must not draw from
             # the global RNG that dropout uses
             generator=torch.Generator().manual_seed(cfg.seed))
+        self.encoded = encoded
         self._it = None
         self.load_state_dict({"epoch": epoch, "samples_in_epoch": position})
 
@@ -136,13 +153,16 @@ class BatchStream:
             images, labels = self.on_device[0][index], self.on_device[1][index]
         else:
             try:
-                images, labels = next(self._it)
+                batch = next(self._it)
             except UserError as e:  # raised in a worker: DataLoader re-raises it with the traceback
                 raise UserError(str(e).strip().splitlines()[-1].split("UserError: ", 1)[-1]) from None
+            images, labels = (decode_batch(self.images, batch[0], batch[1], self.device), batch[2]) \
+                if self.encoded else batch
         self.position += self.batch_size
         if self.position + self.batch_size > self.size:
             self.epoch, self.position, self._it = self.epoch + 1, 0, None
-        return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        # uint8 pixels cross to the device, and become floats in [-1, 1] there
+        return to_unit(images.to(self.device, non_blocking=True)), labels.to(self.device, non_blocking=True)
 
     def close(self) -> None:
         """Stop the workers now (persistent workers otherwise live until garbage collection)."""

@@ -134,6 +134,7 @@ def prepare(cfg, dataset, world: World, info, run_dir) -> tuple[FeatureNet, Refe
     from torch.utils.data import Subset
 
     from gan_dist.data import materialize
+    from gan_dist.data.images import to_unit
 
     feature_net = load_feature_network(cfg.eval.features, world.device, info.image_size, world)
     ref_idx, held_idx = split(len(dataset))
@@ -161,6 +162,7 @@ def prepare(cfg, dataset, world: World, info, run_dir) -> tuple[FeatureNet, Refe
             return feature_net, reference
     shares = {name: materialize(Subset(dataset, idx[rows(world)].tolist()), torch.device("cpu"))
               for name, idx in (("reference", ref_idx), ("held_out", held_idx))}
+    shares = {name: (to_unit(images), labels) for name, (images, labels) in shares.items()}
     reference = reference_from_shares(feature_net, shares, {"reference": len(ref_idx), "held_out": len(held_idx)},
                                       info.num_classes, cfg.eval, world, world.device)
     if world.is_main:

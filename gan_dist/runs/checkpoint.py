@@ -195,14 +195,34 @@ def read(path: str | Path) -> dict[str, Any]:
         raise UserError(f"checkpoint {path} is unreadable ({first_line(e)})") from None
 
 
-def check_compatible(state: dict[str, Any], cfg: Config, path: Path) -> None:
-    saved, defaults = state["config"], Config()
+def check_compatible(state: dict[str, Any], cfg: Config, path: Path, data: Optional[dict] = None) -> list[str]:
+    """One line if the checkpoint cannot be resumed under cfg (another architecture); what
+    changed that may. data: this run's dataset fingerprint (datasets.fingerprint): data.name
+    may change (an ImageFolder and the zip made from it) when the fingerprints agree."""
+    saved, defaults, notes = state["config"], Config(), []
+    old_data = state.get("data_fingerprint")
     for key in ARCHITECTURE_KEYS:
         section, name = key.split(".")
         old = saved.get(section, {}).get(name, get(defaults, key))  # a key newer than the checkpoint: its default
-        if old != get(cfg, key):
-            raise UserError(f"checkpoint {path} was written with {key}={old!r}, this run has "
-                            f"{key}={get(cfg, key)!r}: use the same setting or another run.dir")
+        if old == get(cfg, key):
+            continue
+        if key == "data.name" and data is not None and old_data == data and data.get("labels"):
+            notes.append(f"data.name {old} -> {cfg.data.name} (the same {data['count']} images, labels and size)")
+            continue
+        why = ""
+        if key == "data.name" and data is not None:
+            why = (f" (a resume may switch datasets only to the same images: {_differ(old_data, data)})"
+                   if old_data else " (the checkpoint has no dataset fingerprint to compare)")
+        raise UserError(f"checkpoint {path} was written with {key}={old!r}, this run has "
+                        f"{key}={get(cfg, key)!r}{why}: use the same setting or another run.dir")
+    if old_data and data is not None and old_data != data:
+        logging.getLogger("gan_dist").warning(f"the dataset changed since {path.name} ({_differ(old_data, data)}); "
+                                              "the epoch goes on at the saved position of the new data")
+    return notes
+
+
+def _differ(old: dict, new: dict) -> str:
+    return ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in new if old.get(k) != new.get(k)) or "the same"
 
 
 def load_state(module: torch.nn.Module, state: dict[str, Any], what: str, path: Path) -> None:
@@ -227,18 +247,24 @@ def restore(parts: dict[str, Any], state: dict[str, Any], path: Path) -> None:
         load_state(part, saved, name.replace("_", " "), path)
 
 
-def apply_optimizer_config(optimizers, cfg: Config, state: dict[str, Any], world_size: int,
+def apply_optimizer_config(optimizers: dict, cfg: Config, state: dict[str, Any], world_size: int,
                            lr_scale: float = 1.0) -> list[str]:
     """load_state_dict restored the checkpoint's hyperparameters: the config's apply on top (a
-    resumed run may lower its lr), the lr times lr_scale (what rollbacks did to it). Returns
-    what changed since the checkpoint, for the log."""
-    old = state["opt_generator"]["param_groups"][0]
-    new = {"lr": cfg.optim.lr * lr_scale, "betas": tuple(cfg.optim.betas), "eps": cfg.optim.eps}
-    changes = [f"optim.{k} {old[k]!r} -> {v!r}" for k, v in new.items()
-               if k in old and (tuple(old[k]) if isinstance(old[k], (list, tuple)) else old[k]) != v]
-    for opt in optimizers:
+    resumed run may lower its lr), each network's own (optim.generator / optim.critic, else the
+    shared optim.*), the lr times lr_scale (what rollbacks did to it). optimizers: {"generator":
+    opt, "critic": opt}. Returns what changed since the checkpoint, for the log."""
+    changed = {}
+    for network, opt in optimizers.items():
+        old = state[f"opt_{network}"]["param_groups"][0]
+        new = cfg.optim.of(network)
+        new["lr"] *= lr_scale
+        changed[network] = [(k, old[k], v) for k, v in new.items()
+                            if k in old and (tuple(old[k]) if isinstance(old[k], (list, tuple)) else old[k]) != v]
         for group in opt.param_groups:
             group.update(new)
+    same = len({repr(c) for c in changed.values()}) == 1  # both networks changed alike: say it once
+    changes = [f"optim.{k} {a!r} -> {b!r}" for k, a, b in changed["generator"]] if same else \
+        [f"optim.{n}.{k} {a!r} -> {b!r}" for n, c in changed.items() for k, a, b in c]
     batch, ranks = state["config"]["train"]["batch_size"], state.get("world_size", world_size)
     if (batch, ranks) != (cfg.train.batch_size, world_size):  # the data position is in samples: fine
         changes.append(f"global batch {batch} on {ranks} rank(s) -> {cfg.train.batch_size} on {world_size}")

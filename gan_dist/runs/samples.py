@@ -7,7 +7,6 @@ from typing import Optional
 
 import torch
 from torch import nn
-from torchvision.utils import make_grid, save_image
 
 from gan_dist.distributed.seeding import seeded_generator
 
@@ -63,10 +62,14 @@ def cpu_copy(generator: nn.Module) -> nn.Module:
 
 def to_uint8_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
     """[3, H, W] uint8 in [0, 255] (dashboards cast floats straight to uint8)."""
+    from torchvision.utils import make_grid  # torchvision's import is 2.3 s: only where a grid is made
+
     grid = make_grid(images, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
     return (grid * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int) -> None:
+    from torchvision.utils import save_image
+
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_image(images, str(path), nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)

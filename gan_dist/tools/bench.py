@@ -9,6 +9,10 @@ Rows, each in fresh subprocesses of this file (worker mode), 1 torch thread per 
   weak2    2 ranks (gloo on CPU), the same per-rank batch as ws1: global batch doubled
   strong2  2 ranks, the same global batch as ws1
   gp_cost  one WGAN-GP critic update (the Trainer's loss strategy) vs one without the penalty
+  micro2, micro4  1 rank, the same global batch as ws1 in 2 and 4 micro-batches (accumulation)
+Memory: peak RSS per process, and the peak the step itself allocates (the allocator's
+tensors: torch.profiler's memory events on the CPU, max_memory_allocated on CUDA), which is
+what accumulation lowers (RSS is mostly imports).
 Images/s = images through the critic: global batch * (2 * n_critic + 1) per generator step.
 Beside wall time, CPU time per step: on a loaded machine (CPU/wall well below 1) the "cpu"
 ratios, from the work per step, are the ones to read.
@@ -31,82 +35,31 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from gan_dist import config, distributed
 from gan_dist.data import DataInfo, build_dataset
 from gan_dist.distributed import launch
 from gan_dist.errors import UserError
-from gan_dist.models import build_models
+from gan_dist.tools.plain_loop import plain_step, update
 from gan_dist.training import trainer
 from gan_dist.training.losses import WGANGP
 
-RANKS = {"plain": 1, "ws1": 1, "weak2": 2, "strong2": 2, "gp_cost": 1}
+RANKS = {"plain": 1, "ws1": 1, "weak2": 2, "strong2": 2, "gp_cost": 1, "micro2": 1, "micro4": 1}
+MICRO = {"micro2": 2, "micro4": 4}  # micro-batches per update
 DEFAULT_CLASSES = {"digits": 10, "fashion_mnist": 10, "image_folder": 2}  # glasses: G, NoG
-TARGETS = {"ws1/plain": ">= 0.97", "weak2/ws1": ">= 1.8", "strong2/ws1": "", "gp_cost": "<= 2.2"}
+TARGETS = {"ws1/plain": ">= 0.97", "weak2/ws1": ">= 1.8", "strong2/ws1": "", "gp_cost": "<= 2.2",
+           "micro2/ws1": ">= 0.9", "micro4/ws1": ">= 0.9"}
 Step = Callable[[int], object]
 
 
 # ---- data and the rows' steps -----------------------------------------------------------
-def update(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-
-
 def synthetic_data(cfg: config.Config, classes: int, size: int) -> tuple[TensorDataset, DataInfo]:
     c, s = (cfg.data.channels if cfg.data.name == "image_folder" else 1), cfg.data.image_size
     g = torch.Generator().manual_seed(cfg.seed)
     n = max(size, 2 * cfg.train.batch_size)
     images = torch.rand(n, c, s, s, generator=g) * 2.0 - 1.0
     return TensorDataset(images, torch.randint(classes, (n,), generator=g)), DataInfo(classes, c, s)
-
-
-def plain_step(cfg: config.Config, data, device: torch.device) -> Step:
-    """The loop as written from the book: bare modules, draws straight on the device, three
-    critic forwards with WGAN-GP, the critic left trainable in the generator update."""
-    dataset, info = data
-    torch.manual_seed(cfg.seed)
-    gen, critic = (m.to(device) for m in build_models(cfg, info))
-    adam = dict(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-    opt_g, opt_c = torch.optim.Adam(gen.parameters(), **adam), torch.optim.Adam(critic.parameters(), **adam)
-    b, k, z_dim, wgan = cfg.train.batch_size, gen.num_classes, cfg.model.z_dim, cfg.loss.kind == "wgan_gp"
-    loader = DataLoader(dataset, batch_size=b, shuffle=True, drop_last=True)
-    batches, bce = iter(loader), torch.nn.BCEWithLogitsLoss()
-
-    def onehot(y):
-        return F.one_hot(y, k).float() if k else None
-
-    def next_batch():
-        nonlocal batches
-        try:
-            x, y = next(batches)
-        except StopIteration:  # a new epoch
-            batches = iter(loader)
-            x, y = next(batches)
-        return x.to(device), y.to(device)
-
-    def step(_: int) -> None:
-        for i in range(cfg.loss.n_critic):
-            if i == 0 or not cfg.loss.reuse_batch:
-                real, y = next_batch()
-                oh = onehot(y)
-            with torch.no_grad():
-                fake = gen(torch.randn(b, z_dim, device=device), oh)
-            if wgan:
-                alpha = torch.rand(b, 1, 1, 1, device=device)
-                interp = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
-                (grad,) = torch.autograd.grad(critic(interp, oh).sum(), interp, create_graph=True)
-                gp = ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
-                loss = critic(fake, oh).mean() - critic(real, oh).mean() + cfg.loss.gp_lambda * gp
-            else:
-                s_real, s_fake = critic(real, oh), critic(fake, oh)
-                loss = bce(s_real, torch.ones_like(s_real)) + bce(s_fake, torch.zeros_like(s_fake))
-            update(opt_c, loss)
-        oh = onehot(torch.randint(max(k, 1), (b,), device=device))
-        scores = critic(gen(torch.randn(b, z_dim, device=device), oh), oh)
-        update(opt_g, -scores.mean() if wgan else bce(scores, torch.ones_like(scores)))
-    return step
 
 
 def gp_cost_steps(tr: trainer.Trainer) -> tuple[Step, Step]:
@@ -164,7 +117,7 @@ def measure(fn: Step, world: distributed.World, warmup: int, steps: int, repeats
 def worker(args: argparse.Namespace) -> None:
     """Measure one rank of row args.worker; write OUT_DIR/ROW.RANK.json."""
     torch.set_num_threads(1)
-    importlib.import_module("sklearn.datasets")  # the digits' import in every row, before the baseline
+    importlib.import_module("torchvision.utils")  # the sample grids' import in every row, before the baseline
     rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     # the parent appended run.dir, batch, threads; no evaluation: it is not a training step
     cfg = config.load(args.config, ["eval.every=0", *args.overrides])
@@ -187,6 +140,8 @@ def worker(args: argparse.Namespace) -> None:
         else:
             tr = trainer.Trainer(cfg, world, data=data)
             result = measure(tr.train_step, **timing)
+            result["step_alloc_mb"] = step_allocation(tr.train_step, args.warmup + args.steps * args.repeats,
+                                                      world.device) / 2**20
         result.update(rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rss_imports_mb=rss_imports,
                       cuda_max_mb=torch.cuda.max_memory_allocated(world.device) / 2**20
                       if world.device.type == "cuda" else None)
@@ -196,6 +151,29 @@ def worker(args: argparse.Namespace) -> None:
         if tr is not None:
             tr.close()  # the DDP wrappers go before the process group
         distributed.teardown(clean=finished)
+
+
+def step_allocation(fn: Step, k: int, device: torch.device) -> int:
+    """Peak bytes of tensors one step allocates beyond what lived before it: the allocator's own
+    figure (CUDA), or the running sum of torch.profiler's memory events (CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn(k)
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn(k)
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
 
 
 # ---- the parent: rows in subprocesses, summaries, the table -------------------------------
@@ -208,6 +186,8 @@ def run_row(row: str, args: argparse.Namespace, batch: int, tmp: str, synthetic:
     cmd += (["--synthetic"] if synthetic else []) + (["--config", args.config] if args.config else [])
     cmd += args.overrides + [f"run.dir={tmp}/run_{row}", "train.threads=1",
                              f"train.batch_size={2 * batch if row == 'weak2' else batch}"]
+    if row in MICRO:
+        cmd.append(f"train.micro_batch={batch // MICRO[row]}")
     env = launch.child_env({"CUDA_VISIBLE_DEVICES": ""} if args.cpu else None)
     launch.run_ranks(cmd, n, tmp, f"row {row}", args.timeout, env)
     return [json.loads(Path(tmp, f"{row}.{r}.json").read_text()) for r in range(n)]
@@ -221,7 +201,7 @@ def spread(times: list[float]) -> dict:
 
 def summarize(row: str, parts: list[dict], batch: int, n_critic: int) -> dict:
     memory = {"peak_rss_mb": [p["rss_mb"] for p in parts], "rss_after_imports_mb": [p["rss_imports_mb"] for p in parts],
-              "cuda_max_mb": [p["cuda_max_mb"] for p in parts]}
+              "cuda_max_mb": [p["cuda_max_mb"] for p in parts], "step_alloc_mb": [p.get("step_alloc_mb") for p in parts]}
     if row == "gp_cost":
         (with_gp, without), m = (parts[0][k] for k in ("with_gp", "without_gp")), statistics.median
         return {"with_gp": spread(with_gp["times"]), "without_gp": spread(without["times"]),
@@ -247,6 +227,9 @@ def bench(args: argparse.Namespace) -> dict:
     batch = cfg.train.batch_size
     if "strong2" in rows and batch % 2:
         raise UserError(f"train.batch_size: strong2 splits {batch} over 2 ranks; use an even batch")
+    for row in (r for r in rows if r in MICRO):
+        if batch % MICRO[row]:
+            raise UserError(f"train.batch_size: {row} splits {batch} into {MICRO[row]} micro-batches; use a multiple")
     if torch.cuda.is_available() and not args.cpu and torch.cuda.device_count() < 2:
         print("note: one CUDA device: skipping the 2-rank rows (--cpu runs every row on CPU)")
         rows = [r for r in rows if RANKS[r] == 1]
@@ -271,7 +254,8 @@ def bench(args: argparse.Namespace) -> dict:
                                          cfg.loss.n_critic)
     res["loadavg_after"] = os.getloadavg()
     rows = {k: v for k, v in res["rows"].items() if k != "gp_cost"}
-    pairs = [(a, b) for a, b in (("ws1", "plain"), ("weak2", "ws1"), ("strong2", "ws1")) if a in rows and b in rows]
+    pairs = [(a, b) for a, b in (("ws1", "plain"), ("weak2", "ws1"), ("strong2", "ws1"), ("micro2", "ws1"),
+                                 ("micro4", "ws1")) if a in rows and b in rows]
     res["ratios"] = {f"{a}/{b}": rows[a]["images_per_s"] / rows[b]["images_per_s"] for a, b in pairs}
     # the same ratios from CPU time: images per CPU-second of the slowest rank
     cpu_ips = {k: r["global_batch"] / max(r["cpu_ms_per_step"]) for k, r in rows.items()}

@@ -53,6 +53,7 @@ class Row:
 def _probe(cfg: Config):
     """Dataset, models and loss as the Trainer builds them, and a small fixed batch."""
     from gan_dist.data import build_dataset
+    from gan_dist.data.images import to_unit
     from gan_dist.models import build_models, check_contract
     from gan_dist.training.losses import build_loss
 
@@ -61,7 +62,7 @@ def _probe(cfg: Config):
     generator, critic = build_models(cfg, info)
     check_contract(generator, critic, info, cfg.model.kind, torch.device("cpu"))
     b = 4
-    real = torch.stack([dataset[i][0] for i in range(b)])
+    real = to_unit(torch.stack([dataset[i][0] for i in range(b)]))
     labels = torch.as_tensor([int(dataset[i][1]) for i in range(b)])
     onehot = F.one_hot(labels, generator.num_classes).float() if generator.num_classes else None
     return generator, critic, build_loss(cfg.loss), real, onehot
@@ -124,8 +125,8 @@ def static_checks(cfg: Config) -> tuple[list[Row], dict]:
             rows.append(Row("batch-coupled critic", "FAIL", f"{where}: {cfg.loss.kind}'s penalty is per sample; "
                             "use InstanceNorm, LayerNorm, spectral norm or none in the critic"))
         else:
-            rows.append(Row("batch-coupled critic", "warn", f"{where}: per-rank batch statistics, so 2 ranks are "
-                            "not 1 rank (SyncBatchNorm on CUDA)"))
+            rows.append(Row("batch-coupled critic", "warn", f"{where}: per-rank (and per micro-batch) batch "
+                            "statistics, so 2 ranks are not 1 rank (SyncBatchNorm on CUDA)"))
         notes["critic_coupled"] = True
     else:
         rows.append(Row("batch-coupled critic", "ok", "each sample's score depends on that sample only"))
@@ -229,7 +230,8 @@ def trials(cfg_file: Optional[str], overrides: list[str], cfg: Config, steps: in
             bad = [m for m, d in modules.items() if d > tolerance]
             if bad and (coupled or notes["random"]):
                 reasons = ([f"the {' and the '.join(coupled)} {'use' if len(coupled) > 1 else 'uses'} batch statistics "
-                            "per rank (SyncBatchNorm on CUDA makes them global)"] if coupled else []) + \
+                            "per rank and per micro-batch (train.micro_batch; SyncBatchNorm on CUDA makes them "
+                            "global over the ranks, not over a rank's micro-batches)"] if coupled else []) + \
                           ([f"the {' and the '.join(notes['random'])} {'draw' if len(notes['random']) > 1 else 'draws'} "
                             "random numbers (dropout) per rank: seeded by step and rank, so resume is exact but 2 "
                             "ranks draw other masks than 1"] if notes["random"] else [])

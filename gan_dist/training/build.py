@@ -14,9 +14,10 @@ from gan_dist.distributed import World
 from gan_dist.models import build_models, check_contract, check_fits
 
 
-def networks(cfg: Config, info: DataInfo, world: World, factory: Optional[Callable]):
-    """(generator, critic) on world.device, identical on every rank."""
-    check_fits(cfg, info, cfg.train.batch_size // world.world_size, world.device, factory)
+def networks(cfg: Config, info: DataInfo, world: World, factory: Optional[Callable], per_forward: int):
+    """(generator, critic) on world.device, identical on every rank; refused at start-up when
+    `per_forward` images per forward cannot fit (models.check_fits)."""
+    check_fits(cfg, info, per_forward, world.device, factory)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and for any W
     generator, critic = build_models(cfg, info, factory)
     if world.distributed and world.device.type == "cuda":  # batch statistics over all ranks
@@ -40,10 +41,12 @@ def device_switches(cfg: Config, world: World) -> dict:
 
 
 def optimizers(cfg: Config, generator: torch.nn.Module, critic: torch.nn.Module):
-    """Adam for each network; every parameter is in it (a frozen one gets no gradient, so Adam
-    leaves it alone), so freezing more or fewer layers later keeps checkpoints loadable."""
-    adam = dict(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-    return torch.optim.Adam(generator.parameters(), **adam), torch.optim.Adam(critic.parameters(), **adam)
+    """Adam for each network at its own settings (optim.generator / optim.critic, else the shared
+    optim.*: the two time-scale rule of Heusel et al. 2017 when they differ). Every parameter is
+    in it (a frozen one gets no gradient, so Adam leaves it alone), so freezing more or fewer
+    layers later keeps checkpoints loadable."""
+    return (torch.optim.Adam(generator.parameters(), **cfg.optim.of("generator")),
+            torch.optim.Adam(critic.parameters(), **cfg.optim.of("critic")))
 
 
 def wrapped(cfg: Config, world: World, loss, generator: torch.nn.Module, critic: torch.nn.Module):
@@ -56,3 +59,62 @@ def wrapped(cfg: Config, world: World, loss, generator: torch.nn.Module, critic:
         if not loss.needs_double_backward:
             critic_ddp = torch.compile(critic_ddp)
     return generator_ddp, critic_ddp
+
+
+def per_forward(cfg: Config, world: World, saved: Optional[int]) -> int:
+    """The images per forward that the start-up size estimate assumes: the checkpoint's or the
+    given micro-batch, batch_size / W for 0, one for auto (the probe finds the largest)."""
+    local = cfg.train.batch_size // world.world_size
+    if cfg.train.micro_batch == "auto":
+        return 1
+    micro = int(cfg.train.micro_batch) or saved or local
+    return min(micro, local)
+
+
+def fits(cfg: Config, world: World, loss, generator: torch.nn.Module, critic: torch.nn.Module, autocast: dict):
+    """train.micro_batch=auto on CUDA: fits(n) runs one critic update (penalty included) and one
+    generator update on n random images on the device, and says whether they stayed within the
+    free memory, with 15% headroom; None elsewhere (the CPU keeps batch_size / W)."""
+    if world.device.type != "cuda" or cfg.train.micro_batch != "auto":
+        return None
+    device, k = world.device, generator.num_classes
+
+    def fits_n(n: int) -> bool:
+        torch.cuda.empty_cache()
+        free, _ = torch.cuda.mem_get_info(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        try:
+            z = torch.randn(n, generator.z_dim, device=device)
+            onehot = torch.eye(k, device=device)[torch.arange(n, device=device) % k] if k else None
+            with torch.autocast(**autocast):
+                real = generator(z, onehot).detach().float()
+                c_loss, _ = loss.critic_loss(critic, real, real.flip(0), onehot, torch.rand(n, 1, 1, 1, device=device))
+            c_loss.backward()
+            with torch.autocast(**autocast):
+                g_loss = loss.generator_loss(critic, generator(z, onehot), onehot)
+            g_loss.backward()
+            torch.cuda.synchronize(device)
+            return torch.cuda.max_memory_allocated(device) - base < 0.85 * free
+        except torch.cuda.OutOfMemoryError:
+            return False
+        finally:
+            generator.zero_grad(set_to_none=True)
+            critic.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+    return fits_n
+
+
+def layout_change(found, layout, generator: torch.nn.Module) -> list[str]:
+    """A warning line when a resume changes how the batch is laid out and the generator has
+    BatchNorm: its statistics are per micro-batch (SyncBatchNorm: over the ranks' micro-batches)."""
+    if found is None:
+        return []
+    state = found[0]
+    old = (state.get("world_size"), state.get("micro_batch"))
+    batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in generator.modules())
+    if old == (layout.world_size, layout.micro_batch) or not batch_norm:
+        return []
+    return [f"the generator's BatchNorm now normalizes micro-batches of {layout.micro_batch} on "
+            f"{layout.world_size} rank(s) (the checkpoint: {old[1] or '?'} on {old[0]}): the same mathematics "
+            "otherwise, but not bitwise the training before the resume"]

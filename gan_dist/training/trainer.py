@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
+from contextlib import nullcontext
 from typing import Callable, Optional, Union
 
 import torch
@@ -17,7 +19,7 @@ from torch.utils.data import Dataset
 
 from gan_dist import distributed
 from gan_dist.config import METRIC_DIRECTION, NEEDS_CLASSES, Config, dump, to_dict
-from gan_dist.data import BatchStream, DataInfo, build_dataset, check_dataset
+from gan_dist.data import BatchStream, DataInfo, build_dataset, check_dataset, fingerprint
 from gan_dist.distributed import World, check_consistency
 from gan_dist.distributed.preemption import Preemption
 from gan_dist.distributed.seeding import draw, mix_seed
@@ -28,11 +30,23 @@ from gan_dist.runs import checkpoint, samples
 from gan_dist.runs.best import BEST, Best
 from gan_dist.runs.run_dir import RunDir
 from gan_dist.runs.tracking import Tracker
-from gan_dist.training import build
+from gan_dist.training import build, layout
 from gan_dist.training.divergence import Monitor
 from gan_dist.training.ema import EMA
 from gan_dist.training.losses import build_loss
 from gan_dist.training.window import Window, grad_norms
+
+
+def micro_batches(a: int, size: int) -> list[slice]:
+    """The A contiguous slices of a rank's rows, `size` each."""
+    return [slice(m * size, (m + 1) * size) for m in range(a)]
+
+
+def reduce_last(module: torch.nn.Module, m: int, a: int):
+    """DDP's no_sync for micro-batches 0..A-2: their gradients accumulate locally and the last
+    one's backward reduces the sum, in the same buckets as one forward of the whole batch."""
+    ddp = getattr(module, "_orig_mod", module)  # under torch.compile
+    return ddp.no_sync() if m < a - 1 and hasattr(ddp, "no_sync") else nullcontext()
 
 
 class Trainer:
@@ -56,10 +70,17 @@ class Trainer:
         cfg, world = self.cfg, self.world
         dataset, self.info = (check_dataset(data, cfg) if isinstance(data, (tuple, list))
                               else build_dataset(cfg, world, factory=data))
-        self.generator, self.critic = build.networks(cfg, self.info, world, models)
+        self.fingerprint = fingerprint(dataset, self.info)
+        # What the run resumes from, read first: its micro-batch sets the memory per rank
+        found = checkpoint.resume_state(self.run_dir.path, world, cfg.run.shared_fs_wait_s)
+        saved = int(found[0]["micro_batch"]) if found is not None and "micro_batch" in found[0] else None
+        self.generator, self.critic = build.networks(cfg, self.info, world, models,
+                                                     build.per_forward(cfg, world, saved))
         self.autocast = build.device_switches(cfg, world)
-        self.opt_g, self.opt_c = build.optimizers(cfg, self.generator, self.critic)
         self.loss = build_loss(cfg.loss)
+        probe = build.fits(cfg, world, self.loss, self.generator, self.critic, self.autocast)
+        self.layout, notes = layout.resolve(cfg, world, saved, probe)
+        self.opt_g, self.opt_c = build.optimizers(cfg, self.generator, self.critic)
         self.num_classes = self.generator.num_classes
         self.batches_per_step = 1 if cfg.loss.reuse_batch else cfg.loss.n_critic
 
@@ -82,7 +103,12 @@ class Trainer:
             self.feature_net, self.reference = evaluation.prepare(cfg, dataset, world, self.info, self.run_dir)
         self.step, self.wandb_run_id, self.last_metrics = 0, "", {}
         self.window = Window(self.loss.stat_names + ("loss_gen",), world.device)
-        self._resume()
+        self._resume(found)
+        if world.is_main:
+            for line in notes:
+                print(line, flush=True)
+            for line in build.layout_change(found, self.layout, self.generator):
+                logging.getLogger("gan_dist").warning(line)
         self.generator_ddp, self.critic_ddp = build.wrapped(cfg, world, self.loss, self.generator, self.critic)
 
     def close(self) -> None:
@@ -96,17 +122,15 @@ class Trainer:
         self.run_dir.release()
 
     # ---- resume -------------------------------------------------------------------------
-    def _resume(self) -> None:
+    def _resume(self, found) -> None:
         """Load what rank 0 chose (the same file on every rank)."""
         cfg = self.cfg
-        found = checkpoint.resume_state(self.run_dir.path, self.world, cfg.run.shared_fs_wait_s)
         if found is None:
             if self.world.is_main:  # a fresh run's settings; a resumed run's once it saves
                 self.run_dir.write_config(dump(cfg))
             return
         state, path = found
-        checkpoint.check_compatible(state, cfg, path)
-        changes = self._load(state, path)
+        changes = checkpoint.check_compatible(state, cfg, path, self.fingerprint) + self._load(state, path)
         self.wandb_run_id = str(state.get("wandb_run_id", ""))
         if self.world.is_main:
             print(f"resuming from {path} (step {self.step})" + (f"; changed: {', '.join(changes)}" if changes else ""),
@@ -121,8 +145,8 @@ class Trainer:
         if rollbacks is not None:  # a rollback: the checkpoint's count is older
             self.monitor.rollbacks = rollbacks
         self.step = int(state["step"])
-        return checkpoint.apply_optimizer_config((self.opt_g, self.opt_c), self.cfg, state, self.world.world_size,
-                                                 self.lr_scale)
+        return checkpoint.apply_optimizer_config({"generator": self.opt_g, "critic": self.opt_c}, self.cfg, state,
+                                                 self.world.world_size, self.lr_scale)
 
     @property
     def lr_scale(self) -> float:
@@ -157,36 +181,49 @@ class Trainer:
         return F.one_hot(labels, self.num_classes).float() if self.num_classes else None
 
     def train_step(self, step: int) -> torch.Tensor:
-        """Returns this rank's stats for the step (on device, no host sync)."""
+        """Returns this rank's stats for the step (on device, no host sync). Each update runs A
+        micro-batches: micro-batch m takes the m-th contiguous slice of this rank's rows (each
+        sample keeps the noise, labels and penalty weights of its global row), its loss weighted
+        1/A, and the gradients reduced once, in the last micro-batch's backward (DDP no_sync
+        before): the update of the whole global batch, for any W x A."""
         # Layer randomness (dropout) is reseeded per (step, rank): resume stays exact.
         torch.manual_seed(mix_seed(self.cfg.seed, step, "layers", self.world.rank))
+        a, mb, n_critic = self.layout.accumulation, self.layout.micro_batch, self.cfg.loss.n_critic
         critic_stats = 0.0
-        for i in range(self.cfg.loss.n_critic):
+        for i in range(n_critic):
             if i < self.batches_per_step:
                 real, labels = self.stream.next()
                 onehot = self._onehot(labels)
             z, _, alpha = self._draw(step, f"critic{i}")
-            with torch.no_grad(), torch.autocast(**self.autocast):  # no generator graph, no all-reduce
-                fake = self.generator(z, onehot).float()
-            with torch.autocast(**self.autocast):
-                loss, stats = self.loss.critic_loss(self.critic_ddp, real, fake, onehot, alpha,
-                                                    update=step * self.cfg.loss.n_critic + i)
             self.opt_c.zero_grad(set_to_none=True)
-            loss.backward()  # ONE backward of the summed terms: one all-reduce of the critic
+            for m, part in enumerate(micro_batches(a, mb)):
+                oh = None if onehot is None else onehot[part]
+                with torch.no_grad(), torch.autocast(**self.autocast):  # no generator graph, no all-reduce
+                    fake = self.generator(z[part], oh).float()
+                with reduce_last(self.critic_ddp, m, a):
+                    with torch.autocast(**self.autocast):
+                        loss, stats = self.loss.critic_loss(self.critic_ddp, real[part], fake, oh, alpha[part],
+                                                            update=step * n_critic + i)
+                    (loss / a).backward()  # ONE backward of the summed terms per micro-batch
+                critic_stats = critic_stats + stats / a
             self.opt_c.step()
-            critic_stats = critic_stats + stats
 
         z, labels, _ = self._draw(step, "generator")
         onehot = self._onehot(labels)
+        loss_g = 0.0
+        self.opt_g.zero_grad(set_to_none=True)
         with frozen(self.critic):  # the bare critic: no critic all-reduce in this phase
-            with torch.autocast(**self.autocast):
-                loss_g = self.loss.generator_loss(self.critic, self.generator_ddp(z, onehot), onehot)
-            self.opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
+            for m, part in enumerate(micro_batches(a, mb)):
+                oh = None if onehot is None else onehot[part]
+                with reduce_last(self.generator_ddp, m, a):
+                    with torch.autocast(**self.autocast):
+                        loss = self.loss.generator_loss(self.critic, self.generator_ddp(z[part], oh), oh)
+                    (loss / a).backward()
+                loss_g = loss_g + loss.detach() / a
         self.opt_g.step()
         if self.ema is not None:
             self.ema.update(self.generator, step)
-        return torch.cat([critic_stats / self.cfg.loss.n_critic, loss_g.detach().view(1)])
+        return torch.cat([critic_stats / n_critic, loss_g.view(1)])
 
     # ---- the loop -----------------------------------------------------------------------
     def fit(self) -> str:
@@ -214,7 +251,8 @@ class Trainer:
             return "finished"
         self.tracker.info(f"training {cfg.model.kind}/{cfg.loss.kind} on {cfg.data.name}: steps {self.step}->"
                           f"{cfg.train.steps}, global batch {cfg.train.batch_size} on {world.world_size} rank(s), "
-                          f"{torch.get_num_threads()} thread(s) each, device {world.device}")
+                          f"{torch.get_num_threads()} thread(s) each, device {world.device}; per rank "
+                          f"{self.layout.accumulation} micro-batch(es) of {self.layout.micro_batch}")
         self.window.reset()
         while self.step < cfg.train.steps:
             self.window.add(self.train_step(self.step), self.step)
@@ -261,6 +299,7 @@ class Trainer:
         # Images through the critic: real + fake per critic update, the fakes of the generator update.
         images = steps * cfg.train.batch_size * (2 * cfg.loss.n_critic + 1)
         self.last_metrics = {**means, **norms, "epoch": self.stream.epoch, "lr": self.opt_g.param_groups[0]["lr"],
+                             "lr_critic": self.opt_c.param_groups[0]["lr"], "accumulation": self.layout.accumulation,
                              "images_per_sec": images / elapsed, "step_time": elapsed / steps}
         self.tracker.log(self.step, self.last_metrics)
         self.window.reset()
@@ -303,6 +342,7 @@ class Trainer:
     def state_dict(self) -> dict:
         return {**{name: part.state_dict() for name, part in self.parts.items()}, "step": self.step,
                 "world_size": self.world.world_size, "config": to_dict(self.cfg), "data_info": dataclasses.asdict(self.info),
+                "data_fingerprint": self.fingerprint, "micro_batch": self.layout.micro_batch,
                 "wandb_run_id": self.wandb_run_id}
 
     def save_checkpoint(self, name: str = "") -> None:

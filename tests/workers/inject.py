@@ -178,10 +178,10 @@ if os.environ.get("GAN_DIST_TEST_SAVE_FAULT") and RANK == 0:
         checkpoint.torch.save = failing_save
 
 if os.environ.get("GAN_DIST_TEST_RECORD"):
-    from helpers import write_fashion_mnist
     from torchvision import datasets
 
     from gan_dist import data, distributed
+    from helpers import write_fashion_mnist
 
     def fake_download(self):  # as torchvision's: nothing to do when the files are there
         if self._check_exists():

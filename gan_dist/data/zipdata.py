@@ -1,0 +1,175 @@
+"""data.name=zip: one uncompressed zip of images with a dataset.json, the layout of
+stylegan2-ada's and stylegan3's dataset_tool (a zip made by theirs loads as it is; gan_dist's
+own tool writes the same): members 00000/img00000000.png, ... in sorted order, and
+{"labels": [[member, class], ...] or null} (gan_dist adds "class_names", which they ignore).
+
+One file instead of 100,000 on a network filesystem: the member list and every member's
+offset come from the zip's central directory, read once per rank at start-up (no directory
+scan); each process opens the file once (reopened after a fork, never pickled) and reads a
+member with one positioned read (os.pread, no zipfile object per worker). The image size and
+channels are the zip's (data.image_size / data.channels left unset take them; set to other
+values, one line). Items are uint8 [C, S, S]; a member that does not decode, or has another
+size, is skipped with a warning naming it (the next one takes its place, the same on every
+rank). With data.decode=device the loader delivers the members' bytes (Encoded) and the loop
+decodes each batch on the device (torchvision.io.decode_jpeg on CUDA; on the CPU the same
+path runs, tested)."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import warnings
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Optional
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from gan_dist.config import Config, is_set
+from gan_dist.data.datasets import DataInfo
+from gan_dist.data.images import decode, is_image
+from gan_dist.errors import UserError, first_line
+
+log = logging.getLogger("gan_dist")
+META = "dataset.json"
+
+
+def read_labels(meta: Optional[dict], names: list[str], where: str) -> tuple[Optional[list[int]], list[str]]:
+    """(a class per image, in `names` order, or None: unconditional; class names) from a
+    dataset.json: {"labels": [[name, label], ...] or null, "class_names": [...] (optional)}.
+    A one-hot vector counts as its class; other vectors are refused (class labels only)."""
+    if not meta or meta.get("labels") is None:
+        return None, []
+    try:
+        by_name = {str(n).replace("\\", "/"): v for n, v in meta["labels"]}
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: dataset.json's labels are not [[file name, label], ...]") from None
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise UserError(f"{where}: dataset.json has no label for {missing[0]} ({len(missing)} image(s) without one)")
+    labels = []
+    for n in names:
+        v = by_name[n]
+        if isinstance(v, list) and sorted(v) == [0] * (len(v) - 1) + [1]:
+            v = v.index(1)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise UserError(f"{where}: the label of {n} is {v!r}; gan_dist takes class labels (an int >= 0, "
+                            "or a one-hot list)")
+        labels.append(v)
+    return labels, [str(c) for c in meta.get("class_names") or []]
+
+
+class ZipImages(Dataset):
+    MAX_CONSECUTIVE = 100
+    file_backed = True  # data.num_workers=auto gives it loader workers
+
+    def __init__(self, path: Path, channels: Optional[int] = None):
+        self.path = Path(path)
+        self._fd, self._pid, self._warned = None, None, set()
+        try:
+            with zipfile.ZipFile(self.path) as z:
+                infos = {i.filename: i for i in z.infolist()}
+                meta = json.loads(z.read(META)) if META in infos else None
+        except (OSError, zipfile.BadZipFile, ValueError) as e:
+            raise UserError(f"data.root: {self.path} is not a readable zip of images ({first_line(e)})") from None
+        self.names = sorted(n for n in infos if is_image(n))
+        if not self.names:
+            raise UserError(f"data.root: {self.path} holds no images")
+        # (offset of the local header, stored size, compression) per image: one positioned read each
+        self._where = [(infos[n].header_offset, infos[n].compress_size, infos[n].compress_type) for n in self.names]
+        labels, self.classes = read_labels(meta, self.names, f"data.root: {self.path}")
+        self.targets = labels if labels is not None else [0] * len(self.names)
+        self.num_classes = max(len(self.classes), max(self.targets) + 1) if labels is not None else 0
+        with Image.open(io.BytesIO(self._bytes(0).numpy().tobytes())) as first:  # as stored: L, LA, RGB, ...
+            self.channels = channels or (1 if first.mode in ("1", "L", "LA", "I", "I;16", "F") else 3)
+        first = decode(self._bytes(0), self.channels)
+        self.size = int(first.shape[-1])
+        if first.shape[-2] != first.shape[-1]:
+            raise UserError(f"data.root: {self.path}: {self.names[0]} is {first.shape[-1]}x{first.shape[-2]}; "
+                            "images must be square (make the zip with python -m gan_dist.dataset_tool --resolution N)")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def _bytes(self, index: int) -> torch.Tensor:
+        """The member's file, read at its offset (a stored member as it is, a deflated one inflated)."""
+        if self._fd is None or self._pid != os.getpid():  # one open per process: a forked worker reopens
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        offset, size, method = self._where[index]
+        header = os.pread(self._fd, 30, offset)  # the local header: its name and extra field lengths
+        if header[:4] != b"PK\x03\x04":
+            raise ValueError(f"no local header at offset {offset}")
+        start = offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+        data = os.pread(self._fd, size, start)
+        if method == zipfile.ZIP_DEFLATED:
+            data = zlib.decompress(data, -15)
+        elif method != zipfile.ZIP_STORED:
+            raise ValueError(f"compression method {method} (gan_dist reads stored and deflated members)")
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+    def __getitem__(self, index: int):
+        for attempt in range(min(len(self), self.MAX_CONSECUTIVE)):
+            i = (index + attempt) % len(self)
+            try:
+                image = decode(self._bytes(i), self.channels)
+                if tuple(image.shape) != (self.channels, self.size, self.size):
+                    raise ValueError(f"it is {image.shape[-1]}x{image.shape[-2]}, the zip's images {self.size}x{self.size}")
+                return image, self.targets[i]
+            except Exception as e:  # a corrupt member, another size: skipped, the same on every rank
+                if self.names[i] not in self._warned:
+                    self._warned.add(self.names[i])
+                    log.warning("skipping %s in %s (%s); the next image takes its place", self.names[i], self.path,
+                                first_line(e))
+        raise UserError(f"data.root: {self.MAX_CONSECUTIVE} images in a row of {self.path} do not decode")
+
+    def __getstate__(self) -> dict:  # DataLoader workers under spawn: never pickle an open file
+        return {**self.__dict__, "_fd": None, "_pid": None}
+
+
+class Encoded(Dataset):
+    """data.decode=device: a ZipImages' items as (index, the member's bytes, label), batched as
+    lists (collate); the loop decodes them on the device (decode_batch)."""
+
+    def __init__(self, images: ZipImages):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return index, self.images._bytes(index), self.images.targets[index]
+
+    @staticmethod
+    def collate(items):
+        index, data, labels = zip(*items)
+        return list(index), list(data), torch.as_tensor(labels)
+
+
+def decode_batch(images: ZipImages, index: list[int], data: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """A batch of JPEG members decoded on `device` (nvjpeg on CUDA); a batch with a member that
+    does not decode is decoded item by item on the CPU instead (skipping it, as ZipImages does)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders (images.decode)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            out = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        if all(tuple(x.shape) == (3, images.size, images.size) for x in out):
+            return torch.stack(out)
+    except RuntimeError:
+        pass
+    return torch.stack([images[i][0] for i in index]).to(device)
+
+
+def zip_images(cfg: Config):
+    """The registry's factory: (ZipImages, DataInfo with the zip's classes, channels and size)."""
+    ds = ZipImages(Path(cfg.data.root).expanduser(), channels=cfg.data.channels if is_set(cfg, "data.channels") else None)
+    if cfg.data.decode == "device" and not (ds.channels == 3 and ds.names[0].lower().endswith((".jpg", ".jpeg"))):
+        raise UserError("data.decode=device: decodes JPEG zips as RGB on the device (nvjpeg); this zip holds "
+                        f"{ds.names[0].rsplit('.', 1)[-1]} images with {ds.channels} channel(s): use data.decode=cpu "
+                        "(or make the zip with python -m gan_dist.dataset_tool --format jpg --channels 3)")
+    return ds, DataInfo(ds.num_classes, ds.channels, ds.size)
