@@ -50,9 +50,10 @@ def test_bench_uses_synthetic_data_when_the_dataset_is_missing(tmp_path):
 
 
 def test_the_micro_batch_axis_keeps_the_global_batch_and_allocates_less(tmp_path):
-    res, out = bench(tmp_path, "--rows", "ws1,micro2,micro4")
+    res, out = bench(tmp_path, "--rows", "ws1,micro2,micro4,ada")
     rows = res["rows"]
-    assert [rows[r]["global_batch"] for r in rows] == [16, 16, 16] and "micro2/ws1" in res["ratios"]
+    assert [rows[r]["global_batch"] for r in rows] == [16, 16, 16, 16] and "micro2/ws1" in res["ratios"]
+    assert 0 < res["ratios"]["ada/ws1"] < 1.5  # the augmentation's cost per step: a row of its own
     alloc = [rows[r]["step_alloc_mb"][0] for r in ("ws1", "micro2", "micro4")]
     assert 0 < alloc[2] < alloc[1] < alloc[0], alloc  # the memory a step allocates falls with A
     assert "step " in out

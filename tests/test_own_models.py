@@ -76,11 +76,14 @@ def _check(*args: str):
     return spawn([sys.executable, "-m", "gan_dist.check", *TINY, *args, "--steps", "2"], env=env(), timeout=300)[0]
 
 
-@pytest.mark.parametrize("args", [OWN, ["model.norm=none"]], ids=["own-models", "builtin-dcgan"])
+@pytest.mark.parametrize("args", [OWN, ["model.norm=none", "augment.kind=diffaug"]],
+                         ids=["own-models", "builtin-dcgan-diffaug"])
 def test_check_passes_good_models(args):
     r = _check(*args)
     assert r.rc == 0, r.out + r.err
     assert "all checks passed" in r.out and "resume (1 + 1 steps) bitwise   ok" in r.out
+    if "augment.kind=diffaug" in args:  # the trials trained with it
+        assert r.out.count("(with augment.kind=diffaug)") == 2, r.out
     print(r.out)
 
 

@@ -12,8 +12,8 @@ from gan_dist.config.schema import (
                                     Config,
                                     setting,
 )
-from gan_dist.config.validation import check_world, get, validate
+from gan_dist.config.validation import augment_operations, check_world, get, validate
 
 __all__ = ["apply_overrides", "dump", "from_dict", "help_text", "is_set", "load", "settings", "to_dict",
            "ARCHITECTURE_KEYS", "CHOICES", "METRIC_DIRECTION", "NEEDS_CLASSES", "RANGES", "SEED_MAX", "Config",
-           "setting", "check_world", "get", "validate"]
+           "setting", "augment_operations", "check_world", "get", "validate"]

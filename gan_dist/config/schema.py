@@ -70,6 +70,21 @@ class LossConfig:
 
 
 @dataclass
+class AugmentConfig:
+    kind: str = setting("none", "none | diffaug (DiffAugment: the policy on every critic input, each operation with "
+                        "probability augment.p) | ada (adaptive: p tuned from the critic's overfitting); README, "
+                        "Augmentation")
+    policy: str = setting("", "operations, comma-separated: translation, scale, rotation, cutout, brightness, "
+                          "contrast, saturation, xflip, color (= brightness, saturation, contrast); empty: diffaug "
+                          "color,translation,cutout, ada translation,scale,rotation,color")
+    p: Optional[float] = setting(None, "diffaug: each operation's probability (null: 1); ada: the starting p (null: "
+                                 "0; a resumed run keeps its saved p)")
+    target: float = setting(0.6, "ada: the overfitting statistic r_t that p holds the critic at")
+    interval: int = setting(4, "ada: steps between two adjustments of p")
+    speed_kimg: float = setting(500.0, "ada: thousands of real images the critic sees for p to go 0 -> 1")
+
+
+@dataclass
 class NetworkOptimConfig:
     lr: Optional[float] = setting(None, "this network's learning rate; null: optim.lr")
     betas: Optional[list[float]] = setting(None, "this network's Adam betas; null: optim.betas")
@@ -147,6 +162,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -159,10 +175,18 @@ CHOICES = {
     "model.norm": ("batch", "none"),
     "model.critic_norm": ("instance", "none"),
     "loss.kind": ("wgan_gp", "bce", "hinge", "ns_r1"),
+    "augment.kind": ("none", "diffaug", "ada"),
     "train.precision": ("fp32", "bf16"),
     "train.on_divergence": ("stop", "rollback"),
     "wandb.mode": ("disabled", "offline", "online"),
 }
+
+# augment.policy's operations (gan_dist.training.augment applies them), DiffAugment's alias, and
+# each kind's policy when augment.policy is empty.
+AUGMENT_OPERATIONS = ("translation", "scale", "rotation", "cutout", "brightness", "contrast", "saturation", "xflip")
+AUGMENT_ALIASES = {"color": ("brightness", "saturation", "contrast")}
+AUGMENT_POLICY = {"diffaug": "color,translation,cutout",  # DiffAugment's recommendation
+                  "ada": "translation,scale,rotation,color"}  # stylegan2-ada's "bgc" without its flips
 
 # The quality metrics and which way is better (train.keep_best); the class-wise ones need a
 # conditional model. The vocabulary of a setting lives here; gan_dist.quality computes them.
@@ -197,6 +221,10 @@ RANGES = {
     "optim.generator.eps": (0.0, 1.0, False, False),
     "optim.critic.lr": (0.0, 1.0, False, True),
     "optim.critic.eps": (0.0, 1.0, False, False),
+    "augment.p": (0.0, 1.0, True, True),
+    "augment.target": (0.0, 1.0, False, False),
+    "augment.interval": (1, None, True, True),
+    "augment.speed_kimg": (0.0, None, False, True),
     "train.steps": (0, None, True, True),
     "train.batch_size": (1, None, True, True),
     "train.threads": (1, None, True, True),

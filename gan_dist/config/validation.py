@@ -10,7 +10,15 @@ import math
 from typing import Any
 
 from gan_dist import registry
-from gan_dist.config.schema import CHOICES, METRIC_DIRECTION, RANGES, Config
+from gan_dist.config.schema import (
+    AUGMENT_ALIASES,
+    AUGMENT_OPERATIONS,
+    AUGMENT_POLICY,
+    CHOICES,
+    METRIC_DIRECTION,
+    RANGES,
+    Config,
+)
 from gan_dist.errors import UserError
 
 _said: set = set()
@@ -89,6 +97,8 @@ def validate(cfg: Config) -> Config:
             raise UserError("train.keep_best: needs evaluations (set eval.every, e.g. eval.every=500)")
     if 0 < cfg.train.divergence_factor <= 1:
         raise UserError(f"train.divergence_factor: must be 0 (off) or above 1, got {cfg.train.divergence_factor}")
+    if cfg.augment.kind != "none":
+        augment_operations(cfg.augment.kind, cfg.augment.policy)
     if not cfg.model.hidden or any(h <= 0 for h in cfg.model.hidden):
         raise UserError(f"model.hidden: expected a non-empty list of positive widths, got {cfg.model.hidden}")
     if cfg.data.channels not in (1, 3):
@@ -107,6 +117,21 @@ def validate(cfg: Config) -> Config:
                     "loss.r1_gamma instead (loss.gp_lambda is WGAN-GP's lambda)")
         cfg.loss.r1_gamma = cfg.loss.gp_lambda
     return cfg
+
+
+def augment_operations(kind: str, policy: str) -> tuple[str, ...]:
+    """augment.policy -> the operations in the order they apply (aliases expanded, each once)."""
+    names: list[str] = []
+    for name in filter(None, (n.strip() for n in (policy or AUGMENT_POLICY.get(kind, "")).split(","))):
+        for op in AUGMENT_ALIASES.get(name, (name,)):
+            if op not in AUGMENT_OPERATIONS:
+                raise UserError(f"augment.policy: unknown operation {name!r} (choose from "
+                                f"{', '.join(AUGMENT_OPERATIONS + tuple(AUGMENT_ALIASES))})")
+            if op not in names:
+                names.append(op)
+    if not names and kind != "none":
+        raise UserError(f"augment.policy: no operation for augment.kind={kind}")
+    return tuple(names)
 
 
 def check_world(cfg: Config, world_size: int) -> None:

@@ -66,14 +66,13 @@ def max_over_ranks(value: int, world: World) -> int:
     return int(t.item())
 
 
-def parameter_checksum(*modules: torch.nn.Module) -> float:
-    """A cheap fingerprint of all parameters (float64 sums of x and |x|). Buffers are left out:
-    on CPU each rank keeps its own BatchNorm statistics by design."""
+def parameter_checksum(*modules: torch.nn.Module, tensors=()) -> float:
+    """A cheap fingerprint of all parameters (float64 sums of x and |x|), and of `tensors`.
+    Buffers are left out: on CPU each rank keeps its own BatchNorm statistics by design."""
     total = torch.zeros(2, dtype=torch.float64)
-    for module in modules:
-        for t in module.parameters():
-            t64 = t.detach().to("cpu", torch.float64)
-            total += torch.stack([t64.sum(), t64.abs().sum()])
+    for t in [t for module in modules for t in module.parameters()] + list(tensors):
+        t64 = t.detach().to("cpu", torch.float64)
+        total += torch.stack([t64.sum(), t64.abs().sum()])
     return float(total[0] + 1e-3 * total[1])
 
 
@@ -145,9 +144,10 @@ def gather_floats(value: float, world: World) -> list[float]:
     return [float(t.item()) for t in out]
 
 
-def check_consistency(world: World, *modules: torch.nn.Module) -> None:
-    """Fail loudly if ranks drifted apart (as stylegan2-ada's check_ddp_consistency)."""
-    sums = gather_floats(parameter_checksum(*modules), world)
+def check_consistency(world: World, *modules: torch.nn.Module, tensors=()) -> None:
+    """Fail loudly if ranks drifted apart (as stylegan2-ada's check_ddp_consistency); tensors:
+    other state every rank must hold alike (ADA's p)."""
+    sums = gather_floats(parameter_checksum(*modules, tensors=tensors), world)
     if any(s != sums[0] for s in sums):
         raise RuntimeError(f"ranks hold different parameters (checksums per rank: {sums}); "
                            "the distributed update is broken")

@@ -23,7 +23,7 @@ from gan_dist.runs.run_dir import RunDir
 
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
 REQUIRED_KEYS = ("generator", "critic", "opt_generator", "opt_critic", "step", "config")
-OPTIONAL_PARTS = ("divergence", "best")  # newer than some checkpoints
+OPTIONAL_PARTS = ("divergence", "best", "augment")  # newer than some checkpoints, or ADA switched on
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:

@@ -10,6 +10,8 @@ Rows, each in fresh subprocesses of this file (worker mode), 1 torch thread per 
   strong2  2 ranks, the same global batch as ws1
   gp_cost  one WGAN-GP critic update (the Trainer's loss strategy) vs one without the penalty
   micro2, micro4  1 rank, the same global batch as ws1 in 2 and 4 micro-batches (accumulation)
+  diffaug, ada    ws1 with augment.kind=diffaug / ada (ada at p=0.5: every operation's cost is
+           paid at any p, torch.where keeps a sample's original where it does not apply)
 Memory: peak RSS per process, and the peak the step itself allocates (the allocator's
 tensors: torch.profiler's memory events on the CPU, max_memory_allocated on CUDA), which is
 what accumulation lowers (RSS is mostly imports).
@@ -45,11 +47,13 @@ from gan_dist.tools.plain_loop import plain_step, update
 from gan_dist.training import trainer
 from gan_dist.training.losses import WGANGP
 
-RANKS = {"plain": 1, "ws1": 1, "weak2": 2, "strong2": 2, "gp_cost": 1, "micro2": 1, "micro4": 1}
+RANKS = {"plain": 1, "ws1": 1, "weak2": 2, "strong2": 2, "gp_cost": 1, "micro2": 1, "micro4": 1, "diffaug": 1,
+         "ada": 1}
 MICRO = {"micro2": 2, "micro4": 4}  # micro-batches per update
+AUGMENT = {"diffaug": ["augment.kind=diffaug"], "ada": ["augment.kind=ada", "augment.p=0.5"]}
 DEFAULT_CLASSES = {"digits": 10, "fashion_mnist": 10, "image_folder": 2}  # glasses: G, NoG
 TARGETS = {"ws1/plain": ">= 0.97", "weak2/ws1": ">= 1.8", "strong2/ws1": "", "gp_cost": "<= 2.2",
-           "micro2/ws1": ">= 0.9", "micro4/ws1": ">= 0.9"}
+           "micro2/ws1": ">= 0.9", "micro4/ws1": ">= 0.9", "diffaug/ws1": "", "ada/ws1": ""}
 Step = Callable[[int], object]
 
 
@@ -188,6 +192,7 @@ def run_row(row: str, args: argparse.Namespace, batch: int, tmp: str, synthetic:
                              f"train.batch_size={2 * batch if row == 'weak2' else batch}"]
     if row in MICRO:
         cmd.append(f"train.micro_batch={batch // MICRO[row]}")
+    cmd += AUGMENT.get(row, [])
     env = launch.child_env({"CUDA_VISIBLE_DEVICES": ""} if args.cpu else None)
     launch.run_ranks(cmd, n, tmp, f"row {row}", args.timeout, env)
     return [json.loads(Path(tmp, f"{row}.{r}.json").read_text()) for r in range(n)]
@@ -255,7 +260,7 @@ def bench(args: argparse.Namespace) -> dict:
     res["loadavg_after"] = os.getloadavg()
     rows = {k: v for k, v in res["rows"].items() if k != "gp_cost"}
     pairs = [(a, b) for a, b in (("ws1", "plain"), ("weak2", "ws1"), ("strong2", "ws1"), ("micro2", "ws1"),
-                                 ("micro4", "ws1")) if a in rows and b in rows]
+                                 ("micro4", "ws1"), ("diffaug", "ws1"), ("ada", "ws1")) if a in rows and b in rows]
     res["ratios"] = {f"{a}/{b}": rows[a]["images_per_s"] / rows[b]["images_per_s"] for a, b in pairs}
     # the same ratios from CPU time: images per CPU-second of the slowest rank
     cpu_ips = {k: r["global_batch"] / max(r["cpu_ms_per_step"]) for k, r in rows.items()}

@@ -16,6 +16,7 @@ What breaks GAN training under DDP, each found by trying, not by reading the cod
                    apart at eps 1e-6, 2.7e-6 at 1e-3, a rank-dependent buffer 7e-4 at either)
   buffers          buffers (running statistics, spectral norm's u, v) equal on both ranks
   resume           K/2 steps, stop, resume to K: bitwise the K straight steps (checkpoint)
+The trials train with the config's augmentation (augment.kind): its draws must agree too.
 Trials run in subprocesses (this module in worker mode), so the models must be importable:
 model.kind / data.name as built-in names or package.module:factory paths.
 """
@@ -213,6 +214,8 @@ def trials(cfg_file: Optional[str], overrides: list[str], cfg: Config, steps: in
         def run(name, ranks, k, every):
             return _trial(name, common + [f"run.dir={tmp / name / 'run'}", f"train.steps={k}",
                                           f"train.checkpoint_every={every}"], ranks, tmp, timeout)
+        # the trials train with the config's augmentation: its draws are part of what must agree
+        augmented = "" if cfg.augment.kind == "none" else f" (with augment.kind={cfg.augment.kind})"
         failed = {"one": run("one", 1, steps, steps), "two": run("two", 2, steps, steps)}
         if failed["one"]:
             raise UserError(f"the 1-process trial failed: {failed['one']}")
@@ -239,8 +242,8 @@ def trials(cfg_file: Optional[str], overrides: list[str], cfg: Config, steps: in
             else:
                 named = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
                 result, why = ("FAIL", f"over {tolerance:g} in {named}") if bad else ("ok", f"<= {tolerance:g}")
-            rows.append(Row(f"1 rank vs 2 ranks ({steps} steps)", result, f"max |difference| {worst:.2g}: {why}",
-                            modules))
+            rows.append(Row(f"1 rank vs 2 ranks ({steps} steps)", result, f"max |difference| {worst:.2g}: {why}"
+                            + augmented, modules))
             differ = [n for n in two[0]["buffers"] if not torch.equal(two[0]["buffers"][n], two[1]["buffers"][n])]
             norms = set(two[0]["batch_norm_buffers"])
             real = sorted(n for n in differ if n not in norms)
@@ -264,7 +267,7 @@ def trials(cfg_file: Optional[str], overrides: list[str], cfg: Config, steps: in
             where = load_state_equal(a, b)
             rows.append(Row(f"resume ({half} + {steps - half} steps) bitwise", "FAIL" if where else "ok",
                             f"differs from {steps} straight steps in {where}" if where else
-                            "models, optimizers, EMA and data position equal"))
+                            "models, optimizers, EMA and data position equal" + augmented))
     return rows
 
 

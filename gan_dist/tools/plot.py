@@ -4,7 +4,8 @@ PNGs from a run directory (default DIR: RUN_DIR/plots), usable while the run is 
 losses.png (losses; wasserstein/gp for WGAN-GP, p_real/p_fake for BCE, score_real/score_fake
 for hinge and NS+R1 (d_real/d_fake in runs written before gan_dist 0.3); gradient norms),
 quality.png (fid, kid, precision/recall, cond_acc: only when the metrics have them; each with
-its real-vs-real value, ref_NAME, as a dashed line), throughput.png (images_per_sec)
+its real-vs-real value, ref_NAME, as a dashed line), augment.png (ADA's p and its statistic
+r_t, augment.kind=ada), throughput.png (images_per_sec)
 and samples_strip.png (up to 6 evenly spaced sample grids from RUN_DIR/samples, captioned).
 """
 from __future__ import annotations
@@ -31,6 +32,8 @@ FIGURES = {
                     ("KID (lower is better)", ["kid"]),
                     ("precision: fidelity, recall: diversity (higher is better)", ["precision", "recall"]),
                     ("conditional accuracy", ["cond_acc"])],
+    "augment.png": [("ADA: augmentation probability p", ["augment_p"]),
+                    ("ADA: overfitting statistic r_t (p rises while it is above augment.target)", ["augment_rt"])],
     "throughput.png": [("throughput", ["images_per_sec"])],
 }
 STRIP = 6  # sample grids in samples_strip.png

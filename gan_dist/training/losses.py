@@ -42,6 +42,7 @@ class WGANGP:
         self.gp_lambda, self.gp_every = gp_lambda, gp_every
 
     needs_double_backward = True  # the penalty differentiates a gradient: torch.compile cannot
+    scores_defined_up_to_a_constant = True  # ADA's statistic compares real with fake (augment.py)
 
     def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
                     onehot: Optional[torch.Tensor], alpha: torch.Tensor, update: int = 0):

@@ -31,6 +31,7 @@ from gan_dist.runs.best import BEST, Best
 from gan_dist.runs.run_dir import RunDir
 from gan_dist.runs.tracking import Tracker
 from gan_dist.training import build, layout
+from gan_dist.training.augment import Augment, AugmentedCritic
 from gan_dist.training.divergence import Monitor
 from gan_dist.training.ema import EMA
 from gan_dist.training.losses import build_loss
@@ -93,10 +94,18 @@ class Trainer:
                 raise UserError(f"train.keep_best: {cfg.train.keep_best} needs a conditional model")
             self.best = Best(cfg.train.keep_best, METRIC_DIRECTION[cfg.train.keep_best] == "min")
         # The stateful parts, saved and restored by name (beside them: step, config, data_info).
+        # What the critic sees (augment.kind): DiffAugment or ADA, its p and statistic saved
+        self.augment = Augment(cfg, world, cfg.seed, cfg.train.batch_size, cfg.loss.n_critic) \
+            if cfg.augment.kind != "none" else None
+        if self.augment is not None:
+            self.augment.pairs = getattr(self.loss, "scores_defined_up_to_a_constant", False)
+            # this rank's rows of the global batch (distributed.rows), to index the global draw
+            self.global_rows = torch.arange(cfg.train.batch_size, device=world.device)[distributed.rows(world)]
         self.parts = {"generator": self.generator, "critic": self.critic, "opt_generator": self.opt_g,
                       "opt_critic": self.opt_c, "data": self.stream, "divergence": self.monitor,
                       **({"generator_ema": self.ema.module} if self.ema else {}),
-                      **({"best": self.best} if self.best else {})}
+                      **({"best": self.best} if self.best else {}),
+                      **({"augment": self.augment} if self.augment is not None and self.augment.adaptive else {})}
         self.feature_net = self.reference = None
         self.eval_every = evaluation.effective_every(cfg, own_data=data is not None, is_main=world.is_main)
         if self.eval_every:  # load (and fail) before training; the real set's features once per run
@@ -110,6 +119,11 @@ class Trainer:
             for line in build.layout_change(found, self.layout, self.generator):
                 logging.getLogger("gan_dist").warning(line)
         self.generator_ddp, self.critic_ddp = build.wrapped(cfg, world, self.loss, self.generator, self.critic)
+        # The critic of each phase as the losses call it: DDP's in the critic phase, the bare
+        # (frozen) one in the generator phase; behind the augmentation when there is one
+        self.critic_phase_critic, self.generator_phase_critic = (
+            (self.critic_ddp, self.critic) if self.augment is None else
+            (AugmentedCritic(self.critic_ddp, self.augment), AugmentedCritic(self.critic, self.augment)))
 
     def close(self) -> None:
         """Drop the DDP wrappers before the process group goes: a DDP reducer destroyed
@@ -200,10 +214,12 @@ class Trainer:
                 oh = None if onehot is None else onehot[part]
                 with torch.no_grad(), torch.autocast(**self.autocast):  # no generator graph, no all-reduce
                     fake = self.generator(z[part], oh).float()
+                if self.augment is not None:
+                    self.augment.begin(step, f"critic{i}", self.global_rows[part], observe=True)
                 with reduce_last(self.critic_ddp, m, a):
                     with torch.autocast(**self.autocast):
-                        loss, stats = self.loss.critic_loss(self.critic_ddp, real[part], fake, oh, alpha[part],
-                                                            update=step * n_critic + i)
+                        loss, stats = self.loss.critic_loss(self.critic_phase_critic, real[part], fake, oh,
+                                                            alpha[part], update=step * n_critic + i)
                     (loss / a).backward()  # ONE backward of the summed terms per micro-batch
                 critic_stats = critic_stats + stats / a
             self.opt_c.step()
@@ -215,14 +231,19 @@ class Trainer:
         with frozen(self.critic):  # the bare critic: no critic all-reduce in this phase
             for m, part in enumerate(micro_batches(a, mb)):
                 oh = None if onehot is None else onehot[part]
+                if self.augment is not None:
+                    self.augment.begin(step, "generator", self.global_rows[part])
                 with reduce_last(self.generator_ddp, m, a):
                     with torch.autocast(**self.autocast):
-                        loss = self.loss.generator_loss(self.critic, self.generator_ddp(z[part], oh), oh)
+                        loss = self.loss.generator_loss(self.generator_phase_critic, self.generator_ddp(z[part], oh),
+                                                        oh)
                     (loss / a).backward()
                 loss_g = loss_g + loss.detach() / a
         self.opt_g.step()
         if self.ema is not None:
             self.ema.update(self.generator, step)
+        if self.augment is not None:
+            self.augment.adjust(step + 1)  # ADA: every augment.interval steps, one all-reduce
         return torch.cat([critic_stats / n_critic, loss_g.view(1)])
 
     # ---- the loop -----------------------------------------------------------------------
@@ -300,7 +321,8 @@ class Trainer:
         images = steps * cfg.train.batch_size * (2 * cfg.loss.n_critic + 1)
         self.last_metrics = {**means, **norms, "epoch": self.stream.epoch, "lr": self.opt_g.param_groups[0]["lr"],
                              "lr_critic": self.opt_c.param_groups[0]["lr"], "accumulation": self.layout.accumulation,
-                             "images_per_sec": images / elapsed, "step_time": elapsed / steps}
+                             "images_per_sec": images / elapsed, "step_time": elapsed / steps,
+                             **(self.augment.metrics() if self.augment is not None else {})}
         self.tracker.log(self.step, self.last_metrics)
         self.window.reset()
         return True
@@ -347,7 +369,10 @@ class Trainer:
 
     def save_checkpoint(self, name: str = "") -> None:
         """The step's checkpoint, or checkpoints/NAME (best.pt)."""
-        check_consistency(self.world, self.generator, self.critic)
+        if self.augment is not None:
+            self.augment.gather_counts()  # ADA's interval so far, whole in rank 0's checkpoint
+        check_consistency(self.world, self.generator, self.critic,
+                          tensors=[self.augment.p] if self.augment is not None else [])
 
         def save():
             path = checkpoint.save(self.run_dir.path, self.state_dict(), self.cfg.train.keep_checkpoints, name)
