@@ -109,17 +109,32 @@ def leak_detector(images, perm, cache: Path, policy: str = "translation,scale,ro
     return flag, {"plain_real": flag(held), "augmented_real": flag(augmented(held))}
 
 
-def scores(net, gen, gen_labels, real, real_labels) -> dict:
+def scores(net, gen, gen_labels, real, real_labels, scale: float) -> dict:
+    """fid, kid, precision, recall (k-NN), cond_acc in the judge's features divided by `scale`
+    (the reference's RMS feature: KID's cubic kernel needs features of order 1, as Inception's)."""
     from gan_dist.quality import metrics
 
     with torch.no_grad():
-        fg, fr = net.features(gen), net.features(real)
+        fg, fr = net.features(gen) / scale, net.features(real) / scale
         acc = (net(gen).argmax(1) == gen_labels).float().mean().item()
     fid = metrics.frechet_distance(*metrics.feature_stats(fg.double()), *metrics.feature_stats(fr.double()))
-    kid = metrics.kid(fg, fr, subsets=10, subset_size=min(len(fg), len(fr)))
+    kid_mean, _ = metrics.kid(fg, fr, subsets=50, subset_size=min(len(fg), len(fr)))
     precision, recall = metrics.precision_recall(fg, fr)
-    return {"fid": fid, "kid": kid[0] if isinstance(kid, tuple) else kid, "precision": precision, "recall": recall,
-            "cond_acc": acc}
+    return {"fid": fid, "kid": kid_mean, "precision": precision, "recall": recall, "cond_acc": acc}
+
+
+def feature_scale(net, ref) -> float:
+    with torch.no_grad():
+        return net.features(ref).pow(2).mean().sqrt().item()
+
+
+def generated(run_dir: Path, labels: torch.Tensor) -> torch.Tensor:
+    """The run's EMA generator (its latest checkpoint) on a fixed noise, conditioned on `labels`."""
+    from gan_dist.runs.export import load_sampler
+
+    generate, _ = load_sampler(run_dir)
+    z = torch.randn(len(labels), 64, generator=torch.Generator().manual_seed(1234))
+    return generate(z, torch.eye(10)[labels]).clamp(-1, 1)
 
 
 def run(args) -> None:
@@ -146,15 +161,13 @@ def run(args) -> None:
                              "eval.every=0", f"seed={seed}", f"run.dir={run_dir}", f"train.threads={args.threads}",
                              "train.log_every=50", "train.sample_every=100000", "train.checkpoint_every=100000"]
                 start = time.time()
-                result = gan_dist.fit(None, data=data, overrides=overrides + args.overrides)
+                gan_dist.fit(None, data=data, overrides=overrides + args.overrides)
                 wall = time.time() - start
-                g = torch.Generator().manual_seed(1234)
-                z = torch.randn(len(ref_labels), result.generator.z_dim, generator=g)
-                with torch.no_grad():
-                    gen = result.generator.eval()(z, torch.eye(10)[ref_labels]).clamp(-1, 1)
+                gen = generated(run_dir, ref_labels)
                 rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
                 row = {"loss": args.loss, "kind": kind, "size": size, "seed": seed, "steps": args.steps,
-                       "wall_s": round(wall, 1), **scores(net, gen, ref_labels, ref, ref_labels),
+                       "run_dir": str(run_dir), "wall_s": round(wall, 1),
+                       **scores(net, gen, ref_labels, ref, ref_labels, feature_scale(net, ref)),
                        "leak": flag(gen), "leak_plain_real": rates["plain_real"],
                        "leak_augmented_real": rates["augmented_real"],
                        "p": [(r["step"], r["augment_p"]) for r in rows if "augment_p" in r]}
@@ -167,8 +180,15 @@ def report(args) -> None:
     images, labels, perm = splits()
     cache = Path(args.results).parent
     net = cached(cache / "judge.pt", lambda train: judge(images, labels, perm, train))
-    real = scores(net, images[perm[REAL]], labels[perm[REAL]], images[perm[REF]], labels[perm[REF]])
+    ref, ref_labels = images[perm[REF]], labels[perm[REF]]
+    scale = feature_scale(net, ref)
+    real = scores(net, images[perm[REAL]], labels[perm[REAL]], ref, ref_labels, scale)
     rows = [json.loads(x) for x in Path(args.results).read_text().splitlines() if x.strip()]
+    flag, rates = leak_detector(images, perm, cache / "leak_detector.pt")
+    for r in rows:  # scored again from the checkpoints: one scoring for every row, whenever it ran
+        run_dir = Path(r.get("run_dir") or cache / f"{r['loss']}_{r['kind']}_n{r['size']}_s{r['seed']}_{r['steps']}")
+        gen = generated(run_dir, ref_labels)
+        r.update(scores(net, gen, ref_labels, ref, ref_labels, scale), leak=flag(gen))
     keys = ("fid", "kid", "precision", "recall", "cond_acc", "leak")
     print("| loss | kind | N | steps | seeds | " + " | ".join(keys) + " | wall (s) |")
     print("|---|---|---|---|---|" + "---|" * (len(keys) + 1))
@@ -179,7 +199,6 @@ def report(args) -> None:
         cells = [" / ".join(f"{r[k]:.3g}" for r in rs) for k in keys]
         print(f"| {loss} | {kind} | {size} | {steps} | {len(rs)} | " + " | ".join(cells) +
               f" | {' / '.join(str(r['wall_s']) for r in rs)} |")
-    flag, rates = leak_detector(images, perm, cache / "leak_detector.pt")
     real["leak"] = rates["plain_real"]
     print("| real vs real | | 247 | | | " + " | ".join(f"{real[k]:.3g}" for k in keys) + " | |")
     print(f"\nleak: the share of images a plain-or-augmented classifier calls augmented; held-out reals "
@@ -196,7 +215,7 @@ def report(args) -> None:
             ax.plot(steps, ps, label=f"{r['loss']} N={r['size']} seed {r['seed']}")
     ax.set_xlabel("generator step")
     ax.set_ylabel("ADA p")
-    ax.set_title("ADA's p on the digits: it rises as the training set shrinks")
+    ax.set_title("ADA p per training-set size N on the digits (examples/augment_study.py)")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
