@@ -45,15 +45,15 @@ def test_each_operation_changes_images_per_sample_differentiably_and_p_0_is_the_
 
 def _pipe(kind: str, rank: int, world_size: int, batch: int = 8) -> Augment:
     cfg = config.load(None, [f"augment.kind={kind}", "augment.policy=translation,rotation,cutout,color",
-                             "augment.p=0.7"])
-    return Augment(cfg, World(rank=rank, world_size=world_size), cfg.seed, batch, n_critic=1)
+                             "augment.p=0.7", f"train.batch_size={batch}", "loss.n_critic=1"])
+    return Augment(cfg, World(rank=rank, world_size=world_size))
 
 
 def test_each_rank_and_micro_batch_gets_its_rows_of_the_global_draw():
     x = torch.rand(8, 1, 8, 8) * 2 - 1
     fake = torch.rand(8, 1, 8, 8) * 2 - 1
     one = _pipe("diffaug", 0, 1)
-    one.begin(3, "critic0", torch.arange(8))
+    one.begin(3, "critic0", slice(None))
     whole = one(torch.cat([x, fake]))  # two segments: real rows, then fake rows
     again = one(x)  # the second call of the same evaluation: its own draw
     assert not torch.equal(again, whole[:8])
@@ -61,24 +61,25 @@ def test_each_rank_and_micro_batch_gets_its_rows_of_the_global_draw():
         pipe = _pipe("diffaug", rank, 2)
         rows = torch.arange(8)[rank::2]
         for part in (slice(0, 2), slice(2, 4)):  # micro-batches of 2 of the rank's 4 rows
-            pipe.begin(3, "critic0", rows[part])
+            pipe.begin(3, "critic0", part)
             out = pipe(torch.cat([x[rows[part]], fake[rows[part]]]))
             assert torch.equal(out, torch.cat([whole[:8][rows[part]], whole[8:][rows[part]]]))
     other = _pipe("diffaug", 0, 1)
-    other.begin(4, "critic0", torch.arange(8))  # another step: another draw
+    other.begin(4, "critic0", slice(None))  # another step: another draw
     assert not torch.equal(other(torch.cat([x, fake])), whole)
 
 
 def test_ada_counts_signs_as_integers_and_adjusts_p_once_per_interval():
-    cfg = config.load(None, ["augment.kind=ada", "augment.interval=2", "augment.speed_kimg=0.1"])
-    pipe = Augment(cfg, World(), cfg.seed, 8, n_critic=2)
+    cfg = config.load(None, ["augment.kind=ada", "augment.interval=2", "augment.speed_kimg=0.1",
+                             "train.batch_size=8", "loss.n_critic=2"])
+    pipe = Augment(cfg, World())
     critic = AugmentedCritic(lambda x, onehot=None: x.flatten(1).mean(1) + 10.0, pipe)  # every real scores > 0
     for step in range(4):
         for i in range(2):
-            pipe.begin(step, f"critic{i}", torch.arange(8), observe=True)
+            pipe.begin(step, f"critic{i}", slice(None), observe=True)
             critic(torch.rand(16, 1, 4, 4))
             critic(torch.rand(8, 1, 4, 4))  # a second call (the interpolates) is not counted
-        pipe.begin(step, "generator", torch.arange(8))
+        pipe.begin(step, "generator", slice(None))
         critic(torch.rand(8, 1, 4, 4))  # nor the generator phase
         pipe.adjust(step + 1)
         if step == 0:
@@ -86,7 +87,7 @@ def test_ada_counts_signs_as_integers_and_adjusts_p_once_per_interval():
     assert float(pipe.rt) == 1.0 and pipe.counts.tolist() == [0, 0]
     assert float(pipe.p) == pytest.approx(2 * 8 * 2 * 2 / 100.0)  # two adjustments of batch*n_critic*interval/100
     pipe.pairs = True  # WGAN-GP: real against the fake of its row; here every pair is a tie
-    pipe.begin(4, "critic0", torch.arange(8), observe=True)
+    pipe.begin(4, "critic0", slice(None), observe=True)
     AugmentedCritic(lambda x, onehot=None: torch.zeros(x.shape[0]), pipe)(torch.rand(16, 1, 4, 4))
     assert pipe.counts.tolist() == [0, 8]
 

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from gan_dist.config import augment_operations
-from gan_dist.distributed import World
+from gan_dist.distributed import World, rows
 from gan_dist.distributed.seeding import seeded_generator
 
 # Each operation's uniform draws per sample, after the one that decides whether it applies.
@@ -126,9 +126,12 @@ def _where(on: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tens
 class Augment:
     """The pipe of one run: the operations, p, and for ADA the overfitting statistic."""
 
-    def __init__(self, cfg, world: World, seed: int, batch_size: int, n_critic: int):
-        a = cfg.augment
-        self.kind, self.world, self.seed, self.batch = a.kind, world, seed, batch_size
+    def __init__(self, cfg, world: World, pairs: bool = False):
+        """pairs: r_t from sign(D(real) - D(fake)) (a loss whose scores are defined up to a constant)."""
+        a, batch_size, n_critic = cfg.augment, cfg.train.batch_size, cfg.loss.n_critic
+        self.kind, self.world, self.seed, self.batch, self.pairs = a.kind, world, cfg.seed, batch_size, pairs
+        # this rank's rows of the global batch (distributed.rows), to index the global draw
+        self.rank_rows = torch.arange(batch_size, device=world.device)[rows(world)]
         self.ops = augment_operations(a.kind, a.policy)
         self.width = sum(1 + DRAWS[op] for op in self.ops)
         start = (1.0 if a.kind == "diffaug" else 0.0) if a.p is None else a.p
@@ -140,17 +143,17 @@ class Augment:
         self.counts = torch.zeros(2, dtype=torch.long, device=world.device)  # sum of signs, samples
         self.rt = torch.zeros((), device=world.device)
         self.rows: Optional[torch.Tensor] = None
-        self.pairs = False  # r_t from sign(D(real) - D(fake)) (WGAN-GP) instead of sign(D(real))
         self._key, self._calls, self._observe = None, 0, False
 
     @property
     def adaptive(self) -> bool:
         return self.kind == "ada"
 
-    def begin(self, step: int, phase: str, rows: torch.Tensor, observe: bool = False) -> None:
-        """Before a loss evaluation of one micro-batch: its rows' global indices, the draw's key;
-        observe: count the first critic call's real scores for ADA (critic phase)."""
-        self.rows, self._key, self._calls, self._observe = rows, (step, phase), 0, observe and self.adaptive
+    def begin(self, step: int, phase: str, part: slice, observe: bool = False) -> None:
+        """Before a loss evaluation of one micro-batch (`part` of this rank's rows): the draw's
+        key; observe: count the first critic call's real scores for ADA (critic phase)."""
+        self.rows, self._key, self._calls, self._observe = self.rank_rows[part], (step, phase), 0, \
+            observe and self.adaptive
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """A critic input of k segments of this micro-batch's rows (real, fake, ...): segment s

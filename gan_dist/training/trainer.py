@@ -95,12 +95,8 @@ class Trainer:
             self.best = Best(cfg.train.keep_best, METRIC_DIRECTION[cfg.train.keep_best] == "min")
         # The stateful parts, saved and restored by name (beside them: step, config, data_info).
         # What the critic sees (augment.kind): DiffAugment or ADA, its p and statistic saved
-        self.augment = Augment(cfg, world, cfg.seed, cfg.train.batch_size, cfg.loss.n_critic) \
+        self.augment = Augment(cfg, world, pairs=getattr(self.loss, "scores_defined_up_to_a_constant", False)) \
             if cfg.augment.kind != "none" else None
-        if self.augment is not None:
-            self.augment.pairs = getattr(self.loss, "scores_defined_up_to_a_constant", False)
-            # this rank's rows of the global batch (distributed.rows), to index the global draw
-            self.global_rows = torch.arange(cfg.train.batch_size, device=world.device)[distributed.rows(world)]
         self.parts = {"generator": self.generator, "critic": self.critic, "opt_generator": self.opt_g,
                       "opt_critic": self.opt_c, "data": self.stream, "divergence": self.monitor,
                       **({"generator_ema": self.ema.module} if self.ema else {}),
@@ -215,7 +211,7 @@ class Trainer:
                 with torch.no_grad(), torch.autocast(**self.autocast):  # no generator graph, no all-reduce
                     fake = self.generator(z[part], oh).float()
                 if self.augment is not None:
-                    self.augment.begin(step, f"critic{i}", self.global_rows[part], observe=True)
+                    self.augment.begin(step, f"critic{i}", part, observe=True)
                 with reduce_last(self.critic_ddp, m, a):
                     with torch.autocast(**self.autocast):
                         loss, stats = self.loss.critic_loss(self.critic_phase_critic, real[part], fake, oh,
@@ -232,7 +228,7 @@ class Trainer:
             for m, part in enumerate(micro_batches(a, mb)):
                 oh = None if onehot is None else onehot[part]
                 if self.augment is not None:
-                    self.augment.begin(step, "generator", self.global_rows[part])
+                    self.augment.begin(step, "generator", part)
                 with reduce_last(self.generator_ddp, m, a):
                     with torch.autocast(**self.autocast):
                         loss = self.loss.generator_loss(self.generator_phase_critic, self.generator_ddp(z[part], oh),
