@@ -18,6 +18,7 @@ from gan_dist.errors import UserError, first_line
 
 MODELS = {"dcgan": "gan_dist.models.dcgan:build", "mlp": "gan_dist.models.mlp:build"}
 DATASETS = {"digits": "gan_dist.data.datasets:digits", "fashion_mnist": "gan_dist.data.datasets:fashion_mnist",
+            "mnist": "gan_dist.data.datasets:mnist",
             "image_folder": "gan_dist.data.folder:image_folder", "zip": "gan_dist.data.zipdata:zip_images"}
 MOVED = {"gan_dist.datasets": "gan_dist.data.datasets"}  # an import path written before gan_dist 0.3
 MOVED_FACTORIES = {"gan_dist.datasets:image_folder": "gan_dist.data.folder:image_folder"}

@@ -153,12 +153,16 @@ def latest_ckpt(run_dir: Path) -> dict:
     return load_ckpt(paths[-1])
 
 
-def write_fashion_mnist(root: Path, n: int = 64, seed: int = 0) -> Path:
-    """A Fashion-MNIST raw folder in the IDX format torchvision reads (root/FashionMNIST/raw)."""
-    raw = root / "FashionMNIST" / "raw"
+def write_fashion_mnist(root: Path, n: int = 64, seed: int = 0, folder: str = "FashionMNIST",
+                        splits=("train", "t10k")) -> Path:
+    """A Fashion-MNIST (or `folder`=MNIST) raw folder in the IDX format torchvision reads
+    (root/FashionMNIST/raw)."""
+    raw = root / folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
     for split, count in (("train", n), ("t10k", n // 4)):
+        if split not in splits:
+            continue
         images = torch.randint(0, 256, (count, 28, 28), generator=g, dtype=torch.uint8)
         labels = torch.arange(count, dtype=torch.uint8) % 10
         (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, count, 28, 28) + images.numpy().tobytes())

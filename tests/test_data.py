@@ -3,7 +3,7 @@ import torch
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from gan_dist import config
-from gan_dist.data import BatchStream, ResumableSampler, build_dataset
+from gan_dist.data import BatchStream, DataInfo, ResumableSampler, build_dataset
 from gan_dist.distributed import World
 from gan_dist.errors import UserError
 from helpers import write_fashion_mnist, write_image_folder
@@ -28,6 +28,22 @@ def test_fashion_mnist_loader_reads_idx_files(tmp_path):
     resized, _ = build_dataset(config.load(None, ["data.name=fashion_mnist", f"data.root={tmp_path}",
                                                   "data.image_size=16", "train.batch_size=8"]))
     assert resized[0][0].shape == (1, 16, 16)
+
+
+def test_mnist_reads_the_train_files_as_torchvision_does_and_needs_no_test_files(tmp_path):
+    from torchvision.datasets import MNIST
+    from torchvision.transforms.functional import pil_to_tensor
+
+    write_fashion_mnist(tmp_path / "full", n=24, folder="MNIST")
+    write_fashion_mnist(tmp_path / "train_only", n=24, folder="MNIST", splits=("train",))
+    reference = MNIST(str(tmp_path / "full"), train=True, transform=pil_to_tensor)
+    ds, info = build_dataset(config.load(None, ["data.name=mnist", f"data.root={tmp_path / 'train_only'}",
+                                                "data.image_size=28", "model.kind=mlp", "train.batch_size=8"]))
+    assert len(ds) == 24 and info == DataInfo(10, 1, 28)
+    for i in (0, 5, 23):
+        assert torch.equal(ds[i][0], reference[i][0]) and ds[i][1] == reference[i][1]
+    with pytest.raises(UserError, match="no MNIST in .*MNIST/raw/train-images-idx3-ubyte not found"):
+        build_dataset(config.load(None, ["data.name=mnist", f"data.root={tmp_path}", "train.batch_size=8"]))
 
 
 def test_fashion_mnist_missing_files_is_a_user_error(tmp_path):

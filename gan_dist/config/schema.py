@@ -30,12 +30,12 @@ class DistConfig:
 
 @dataclass
 class DataConfig:
-    name: str = setting("digits", "digits | fashion_mnist | image_folder | zip | package.module:factory")
+    name: str = setting("digits", "digits | fashion_mnist | mnist | image_folder | zip | package.module:factory")
     root: str = setting("", "the dataset's folder (zip: the .zip file; digits ship inside scikit-learn)")
     image_size: int = setting(16, "images are resized (and center-cropped) to this square size (zip: unset "
                               "takes the zip's)")
     channels: int = setting(1, "image_folder, zip: 1 (grayscale) or 3 (RGB) (zip: unset takes the zip's)")
-    download: bool = setting(False, "fashion_mnist: download into data.root (off: clusters often have no internet)")
+    download: bool = setting(False, "fashion_mnist, mnist: download into data.root (off: clusters often have no internet)")
     num_workers: str = setting("auto", "DataLoader worker processes per rank (persistent; pinned memory on CUDA); "
                                "auto: for file-backed datasets from the CPUs and the device, else 0")
     decode: str = setting("cpu", "zip of JPEGs: cpu (in the loader's workers) | device (whole batches with "

@@ -109,7 +109,7 @@ def validate(cfg: Config) -> Config:
     workers = cfg.data.num_workers
     if workers != "auto" and not (workers.lstrip("-").isdigit() and int(workers) >= 0):
         raise UserError(f"data.num_workers: must be >= 0 or auto, got {workers!r}")
-    if cfg.data.name in ("fashion_mnist", "image_folder", "zip") and not cfg.data.root:
+    if cfg.data.name in ("fashion_mnist", "mnist", "image_folder", "zip") and not cfg.data.root:
         raise UserError(f"data.root: required for data.name={cfg.data.name}")
     if cfg.loss.kind == "ns_r1" and cfg.loss.r1_gamma is None and cfg.loss.gp_lambda != 10.0:
         # loss.gp_lambda used to be R1's gamma too: an old config keeps its meaning

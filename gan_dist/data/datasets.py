@@ -1,9 +1,9 @@
 """The datasets as (image [C, H, W], label): scikit-learn's digits (embedded, no download; float
-in [-1, 1]), Fashion-MNIST (torchvision, IDX files; uint8); ImageFolder and zip live in
+in [-1, 1]), Fashion-MNIST and MNIST (torchvision, IDX files; uint8); ImageFolder and zip live in
 folder.py and zipdata.py. The dataset contract, its check, and the factory's turns across
 ranks (build_dataset).
 
-Bad files end in one line naming the file, before any training: a Fashion-MNIST IDX file
+Bad files end in one line naming the file, before any training: a (Fashion-)MNIST IDX file
 that is empty, not IDX, truncated, or whose image and label counts differ."""
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def digits(cfg: Config) -> tuple[Dataset, DataInfo]:
     return TensorDataset(images * 2.0 - 1.0, labels), DataInfo(10, 1, size)
 
 
-# ---- Fashion-MNIST ------------------------------------------------------------------------
+# ---- Fashion-MNIST and MNIST ------------------------------------------------------------------------
 IDX_FILES = {"train-images-idx3-ubyte": (0x0803, 3), "train-labels-idx1-ubyte": (0x0801, 1)}
 
 
@@ -98,38 +98,67 @@ def check_idx(path: Path, magic: int, dims: int) -> int:
         raise UserError(f"data.root: {path} is {size} bytes but its header says {'x'.join(map(str, shape))} "
                         f"({expected} bytes): truncated or corrupt")
     if dims == 3 and shape[1:] != (28, 28):
-        raise UserError(f"data.root: {path} holds {shape[1]}x{shape[2]} images, Fashion-MNIST's are 28x28")
+        raise UserError(f"data.root: {path} holds {shape[1]}x{shape[2]} images, (Fashion-)MNIST's are 28x28")
     return shape[0]
 
 
-def fashion_mnist(cfg: Config) -> tuple[Dataset, DataInfo]:
+# torchvision's class, its folder under data.root, the name in messages
+IDX_DATASETS = {"fashion_mnist": ("FashionMNIST", "Fashion-MNIST"), "mnist": ("MNIST", "MNIST")}
+
+
+def idx_dataset(cfg: Config) -> tuple[Dataset, DataInfo]:
+    """Fashion-MNIST or MNIST (data.name) from their IDX files in data.root/<FashionMNIST|MNIST>/raw,
+    read by torchvision; the files are checked first (one line naming a bad file)."""
     from torchvision import datasets, transforms
 
+    folder, title = IDX_DATASETS[cfg.data.name]
     size = cfg.data.image_size
     resize = transforms.Resize(size, antialias=True) if size != 28 else (lambda img: img)
     root = Path(cfg.data.root)
     if cfg.data.download:  # build_dataset runs this on rank 0 first: one download per folder
         try:
-            datasets.FashionMNIST(str(root), train=True, download=True)
+            getattr(datasets, folder)(str(root), train=True, download=True)
         except Exception as e:  # URLError, socket timeouts, torchvision's RuntimeError, checksum...
-            raise UserError(f"data.download: could not download Fashion-MNIST into {root} "
+            raise UserError(f"data.download: could not download {title} into {root} "
                             f"({first_line(e)})") from None
     elif not root.is_dir():
-        raise UserError(f"data.root: {root} does not exist (set data.download=true to fetch Fashion-MNIST)")
-    raw = root / "FashionMNIST" / "raw"
+        raise UserError(f"data.root: {root} does not exist (set data.download=true to fetch {title})")
+    raw = root / folder / "raw"
     missing = [name for name in IDX_FILES if not (raw / name).is_file()]
     if missing:
-        raise UserError(f"data.root: no Fashion-MNIST in {root} ({raw / missing[0]} not found); "
-                        "set data.download=true or point data.root at the folder holding FashionMNIST/raw")
+        raise UserError(f"data.root: no {title} in {root} ({raw / missing[0]} not found); "
+                        f"set data.download=true or point data.root at the folder holding {folder}/raw")
     counts = {name: check_idx(raw / name, *spec) for name, spec in IDX_FILES.items()}
     images, labels = counts.values()
     if images != labels:
         raise UserError(f"data.root: {raw} holds {images} images but {labels} labels: the files do not belong together")
-    ds = datasets.FashionMNIST(str(root), train=True, download=False, transform=lambda img: to_tensor(resize(img), 1))
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    # torchvision's dataset class also demands the t10k files, which training never reads
+    ds = IdxImages(read_image_file(str(raw / "train-images-idx3-ubyte")),
+                   read_label_file(str(raw / "train-labels-idx1-ubyte")), resize)
     if int(ds.targets.max()) >= 10:
         raise UserError(f"data.root: {raw / 'train-labels-idx1-ubyte'} has label {int(ds.targets.max())}; "
-                        "Fashion-MNIST's are 0-9")
+                        f"{title}'s are 0-9")
     return ds, DataInfo(10, 1, size)
+
+
+fashion_mnist = mnist = idx_dataset  # the registry's names for them
+
+
+class IdxImages(Dataset):
+    """(uint8 [1, S, S], label) from IDX arrays, as torchvision's MNIST item (PIL "L", resized)."""
+
+    def __init__(self, data: torch.Tensor, targets: torch.Tensor, resize: Callable):
+        self.data, self.targets, self.resize = data, targets, resize
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return to_tensor(self.resize(Image.fromarray(self.data[i].numpy(), mode="L")), 1), int(self.targets[i])
 
 
 def build_dataset(cfg: Config, world: Optional[World] = None, factory: Optional[Callable] = None

@@ -178,7 +178,7 @@ def data_info(state: dict[str, Any], cfg: Config, path: Path):
         return DataInfo(**info)
     except TypeError:  # missing (not written by gan_dist.train) or of another shape
         pass
-    if cfg.data.name in ("digits", "fashion_mnist"):  # fixed by the dataset: 10 classes, grayscale
+    if cfg.data.name in ("digits", "fashion_mnist", "mnist"):  # fixed by the dataset: 10 classes, grayscale
         return DataInfo(10, 1, cfg.data.image_size)
     raise UserError(f"checkpoint {path} has no data_info (classes, channels, image size), which gan_dist.train "
                     f"writes: the generator of a {cfg.data.name} run cannot be rebuilt without it")

@@ -51,7 +51,7 @@ RANKS = {"plain": 1, "ws1": 1, "weak2": 2, "strong2": 2, "gp_cost": 1, "micro2":
          "ada": 1}
 MICRO = {"micro2": 2, "micro4": 4}  # micro-batches per update
 AUGMENT = {"diffaug": ["augment.kind=diffaug"], "ada": ["augment.kind=ada", "augment.p=0.5"]}
-DEFAULT_CLASSES = {"digits": 10, "fashion_mnist": 10, "image_folder": 2}  # glasses: G, NoG
+DEFAULT_CLASSES = {"digits": 10, "fashion_mnist": 10, "mnist": 10, "image_folder": 2}  # glasses: G, NoG
 TARGETS = {"ws1/plain": ">= 0.97", "weak2/ws1": ">= 1.8", "strong2/ws1": "", "gp_cost": "<= 2.2",
            "micro2/ws1": ">= 0.9", "micro4/ws1": ">= 0.9", "diffaug/ws1": "", "ada/ws1": ""}
 Step = Callable[[int], object]
