@@ -66,8 +66,8 @@ def mnist_tensors(cache: Path):
         (raw / "train-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, len(pixels), 28, 28) + pixels.tobytes())
         (raw / "train-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, len(target)) + target.tobytes())
     ds, _ = build_dataset(config.load(None, ["data.name=mnist", f"data.root={cache}", "data.image_size=16"]))
-    images = torch.stack([ds[i][0] for i in range(len(ds))])
-    return to_unit(images), torch.tensor([ds[i][1] for i in range(len(ds))])
+    images, labels = zip(*(ds[i] for i in range(len(ds))))  # each item decoded and resized once
+    return to_unit(torch.stack(images)), torch.tensor(labels)
 
 
 def splits(data: str, cache: Path):
@@ -87,7 +87,9 @@ def cached(path: Path, build):
         return net.eval()
     net = build(train=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # torchrun: every rank trains the same net
+    torch.save(net.state_dict(), tmp)
+    os.replace(tmp, path)
     return net
 
 

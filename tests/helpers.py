@@ -155,8 +155,8 @@ def latest_ckpt(run_dir: Path) -> dict:
 
 def write_fashion_mnist(root: Path, n: int = 64, seed: int = 0, folder: str = "FashionMNIST",
                         splits=("train", "t10k")) -> Path:
-    """A Fashion-MNIST (or `folder`=MNIST) raw folder in the IDX format torchvision reads
-    (root/FashionMNIST/raw)."""
+    """A Fashion-MNIST raw folder (root/`folder`/raw; folder=MNIST for MNIST) in the IDX format
+    torchvision reads, with the `splits` asked for."""
     raw = root / folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)

@@ -46,6 +46,19 @@ def test_mnist_reads_the_train_files_as_torchvision_does_and_needs_no_test_files
         build_dataset(config.load(None, ["data.name=mnist", f"data.root={tmp_path}", "train.batch_size=8"]))
 
 
+@pytest.mark.parametrize("size", [28, 16])
+def test_idx_datasets_pickle_for_spawn_and_forkserver_workers(tmp_path, size):
+    """Those workers receive the dataset pickled: a lambda in it ended the run in a traceback."""
+    import pickle
+
+    write_fashion_mnist(tmp_path, n=16, splits=("train",))
+    for name in ("data.name=fashion_mnist", "data.name=gan_dist.data.datasets:fashion_mnist"):
+        ds, _ = build_dataset(config.load(None, [name, f"data.root={tmp_path}", f"data.image_size={size}",
+                                                 "model.kind=mlp", "train.batch_size=8"]))
+        copy = pickle.loads(pickle.dumps(ds))
+        assert torch.equal(copy[3][0], ds[3][0]) and copy[3][0].shape == (1, size, size)
+
+
 def test_fashion_mnist_missing_files_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="data.root"):
         build_dataset(config.load(None, ["data.name=fashion_mnist", f"data.root={tmp_path}"]))

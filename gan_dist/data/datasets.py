@@ -106,14 +106,13 @@ def check_idx(path: Path, magic: int, dims: int) -> int:
 IDX_DATASETS = {"fashion_mnist": ("FashionMNIST", "Fashion-MNIST"), "mnist": ("MNIST", "MNIST")}
 
 
-def idx_dataset(cfg: Config) -> tuple[Dataset, DataInfo]:
-    """Fashion-MNIST or MNIST (data.name) from their IDX files in data.root/<FashionMNIST|MNIST>/raw,
+def idx_dataset(cfg: Config, name: str) -> tuple[Dataset, DataInfo]:
+    """Fashion-MNIST or MNIST (`name`) from their IDX files in data.root/<FashionMNIST|MNIST>/raw,
     read by torchvision; the files are checked first (one line naming a bad file)."""
-    from torchvision import datasets, transforms
+    from torchvision import datasets
 
-    folder, title = IDX_DATASETS[cfg.data.name]
+    folder, title = IDX_DATASETS[name]
     size = cfg.data.image_size
-    resize = transforms.Resize(size, antialias=True) if size != 28 else (lambda img: img)
     root = Path(cfg.data.root)
     if cfg.data.download:  # build_dataset runs this on rank 0 first: one download per folder
         try:
@@ -136,21 +135,30 @@ def idx_dataset(cfg: Config) -> tuple[Dataset, DataInfo]:
 
     # torchvision's dataset class also demands the t10k files, which training never reads
     ds = IdxImages(read_image_file(str(raw / "train-images-idx3-ubyte")),
-                   read_label_file(str(raw / "train-labels-idx1-ubyte")), resize)
+                   read_label_file(str(raw / "train-labels-idx1-ubyte")), size)
     if int(ds.targets.max()) >= 10:
         raise UserError(f"data.root: {raw / 'train-labels-idx1-ubyte'} has label {int(ds.targets.max())}; "
                         f"{title}'s are 0-9")
     return ds, DataInfo(10, 1, size)
 
 
-fashion_mnist = mnist = idx_dataset  # the registry's names for them
+def fashion_mnist(cfg: Config) -> tuple[Dataset, DataInfo]:
+    return idx_dataset(cfg, "fashion_mnist")
+
+
+def mnist(cfg: Config) -> tuple[Dataset, DataInfo]:
+    return idx_dataset(cfg, "mnist")
 
 
 class IdxImages(Dataset):
-    """(uint8 [1, S, S], label) from IDX arrays, as torchvision's MNIST item (PIL "L", resized)."""
+    """(uint8 [1, S, S], label) from IDX arrays, as torchvision's MNIST item (PIL "L", resized).
+    Picklable (no lambda): spawn and forkserver workers receive the dataset pickled."""
 
-    def __init__(self, data: torch.Tensor, targets: torch.Tensor, resize: Callable):
-        self.data, self.targets, self.resize = data, targets, resize
+    def __init__(self, data: torch.Tensor, targets: torch.Tensor, size: int):
+        from torchvision import transforms
+
+        self.data, self.targets = data, targets
+        self.resize = transforms.Resize(size, antialias=True) if size != data.shape[-1] else None
 
     def __len__(self) -> int:
         return len(self.data)
@@ -158,7 +166,8 @@ class IdxImages(Dataset):
     def __getitem__(self, i: int):
         from PIL import Image
 
-        return to_tensor(self.resize(Image.fromarray(self.data[i].numpy(), mode="L")), 1), int(self.targets[i])
+        img = Image.fromarray(self.data[i].numpy(), mode="L")
+        return to_tensor(self.resize(img) if self.resize else img, 1), int(self.targets[i])
 
 
 def build_dataset(cfg: Config, world: Optional[World] = None, factory: Optional[Callable] = None

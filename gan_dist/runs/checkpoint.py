@@ -171,14 +171,14 @@ def _old_data_position(state: dict[str, Any]) -> tuple[int, int]:
 
 def data_info(state: dict[str, Any], cfg: Config, path: Path):
     """The checkpoint's DataInfo (classes, channels, image size: what rebuilds the generator)."""
-    from gan_dist.data.datasets import DataInfo
+    from gan_dist.data.datasets import IDX_DATASETS, DataInfo
 
     info = state.get("data_info")
     try:
         return DataInfo(**info)
     except TypeError:  # missing (not written by gan_dist.train) or of another shape
         pass
-    if cfg.data.name in ("digits", "fashion_mnist", "mnist"):  # fixed by the dataset: 10 classes, grayscale
+    if cfg.data.name in ("digits", *IDX_DATASETS):  # fixed by the dataset: 10 classes, grayscale
         return DataInfo(10, 1, cfg.data.image_size)
     raise UserError(f"checkpoint {path} has no data_info (classes, channels, image size), which gan_dist.train "
                     f"writes: the generator of a {cfg.data.name} run cannot be rebuilt without it")
