@@ -3,7 +3,10 @@
     import gan_dist
     result = gan_dist.fit("configs/my.yaml", models=my_factory)   # see gan_dist/api.py
 """
+import time as _time
+
 __version__ = "0.2.0"
+IMPORTED = _time.monotonic()  # start-up figures where the kernel's process start time is unknown
 
 
 def __getattr__(name: str):

@@ -19,14 +19,15 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 from gan_dist import config as config_module
 from gan_dist import registry
 from gan_dist.config import Config
-from gan_dist.errors import UserError
+from gan_dist.errors import UserError, setup_logging
+
+if TYPE_CHECKING:  # torch is imported once the config is known to be good: a bad one costs no torch import
+    from torch import nn
 
 Models = Union[Callable, str, tuple]
 Data = Union[Callable, str, tuple]
@@ -62,6 +63,8 @@ def _record(cfg: Config, models: Optional[Models], data: Optional[Data]) -> tupl
         factory = models
         cfg.model.kind = registry.name_of(models) or f"__main__:{getattr(models, '__qualname__', 'models')}"
     elif models is not None:
+        from torch import nn
+
         if not (isinstance(models, (tuple, list)) and len(models) == 2 and all(isinstance(m, nn.Module) for m in models)):
             raise UserError("fit(models=...): a factory build(cfg, info), an import path, or a (generator, critic) pair")
         pair = tuple(models)
@@ -81,18 +84,17 @@ def fit(config: Union[Config, dict, str, Path, None] = None, *, models: Optional
         data: Optional[Data] = None, overrides: Sequence[str] = ()) -> Result:
     """Train (or resume) the run that `config` describes; see the module docstring. Bad input
     raises gan_dist.UserError with one line; a signal stops every rank at one step, saved."""
+    cfg = _as_config(config, overrides)
+    factory, data = _record(cfg, models, data)
     from gan_dist import distributed
     from gan_dist.distributed.preemption import Preemption
-    from gan_dist.runs import tracking
     from gan_dist.runs.checkpoint import list_checkpoints
     from gan_dist.runs.samples import cpu_copy
     from gan_dist.training.trainer import Trainer
 
-    cfg = _as_config(config, overrides)
-    factory, data = _record(cfg, models, data)
     world = distributed.detect(cfg.dist.backend)
     config_module.check_world(cfg, world.world_size)
-    tracking.setup_logging(world.rank)
+    setup_logging(world.rank)
     # Signals are caught from here on: one that arrives while the ranks meet or the data
     # loads is acted on at the first step boundary, not lost (nor fatal, as USR2 is by default).
     preemption = Preemption().install()

@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Callable
 
-from gan_dist.errors import UserError
+from gan_dist.errors import UserError, setup_logging
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -31,8 +31,6 @@ def print_error(message: str, prefix: str = "gan_dist") -> int:
 
 def run(command: Callable[[], int], prefix: str = "gan_dist") -> int:
     """Run a command's body: UserError -> one line, exit 2; warnings as one line each."""
-    from gan_dist.runs.tracking import setup_logging
-
     setup_logging(int(os.environ.get("RANK", "0") or 0))
     try:
         return command()

@@ -5,41 +5,30 @@ other than 0 says which), since some (an unreadable image) are seen by one rank 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from gan_dist.config import Config, to_dict
-from gan_dist.errors import UserError, first_line
+from gan_dist.errors import UserError, first_line, log
 from gan_dist.runs.run_dir import RunDir
 
-log = logging.getLogger("gan_dist")
 
+def process_age() -> float:
+    """Seconds since this process started (Linux: the kernel's start time, so the interpreter's
+    own start-up and every import count; elsewhere: since gan_dist was imported)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        import gan_dist
 
-class _OneLine(logging.Formatter):
-    def __init__(self, rank: int):
-        super().__init__()
-        self.prefix = f"[rank {rank}] " if rank else ""
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = f"gan_dist: {record.levelname.lower()}: {self.prefix}{record.getMessage()}"
-        return text + ("\n" + self.formatException(record.exc_info) if record.exc_info else "")
-
-
-def setup_logging(rank: int = 0) -> None:
-    """The "gan_dist" logger's warnings on stderr as `gan_dist: warning: [rank r] ...`."""
-    handler = next((h for h in log.handlers if isinstance(h.formatter, _OneLine)), None)
-    if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
-        log.addHandler(handler)
-        log.propagate = False
-    handler.setFormatter(_OneLine(rank))
-    log.setLevel(logging.WARNING)
+        return time.monotonic() - gan_dist.IMPORTED
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -36,7 +36,7 @@ from torch import nn
 from gan_dist import config as config_module
 from gan_dist.config import Config
 from gan_dist.distributed import launch
-from gan_dist.errors import UserError
+from gan_dist.errors import UserError, setup_logging
 
 PENALTY_LOSSES = ("wgan_gp", "ns_r1")
 BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
@@ -159,11 +159,10 @@ def static_checks(cfg: Config) -> tuple[list[Row], dict]:
 def worker(cfg: Config, out: Path) -> None:
     """One rank of a trial: train, then write this rank's parameters and buffers."""
     from gan_dist import distributed
-    from gan_dist.runs import tracking
     from gan_dist.training.trainer import Trainer
 
     world = distributed.setup(distributed.detect(cfg.dist.backend), threads=1)
-    tracking.setup_logging(world.rank)
+    setup_logging(world.rank)
     trainer, finished = None, False
     try:
         trainer = Trainer(cfg, world)

@@ -26,7 +26,7 @@ from gan_dist.distributed.seeding import draw, mix_seed
 from gan_dist.errors import UserError
 from gan_dist.models import frozen
 from gan_dist.quality import evaluation
-from gan_dist.runs import checkpoint, samples
+from gan_dist.runs import checkpoint, samples, tracking
 from gan_dist.runs.best import BEST, Best
 from gan_dist.runs.run_dir import RunDir
 from gan_dist.runs.tracking import Tracker
@@ -106,7 +106,7 @@ class Trainer:
         self.eval_every = evaluation.effective_every(cfg, own_data=data is not None, is_main=world.is_main)
         if self.eval_every:  # load (and fail) before training; the real set's features once per run
             self.feature_net, self.reference = evaluation.prepare(cfg, dataset, world, self.info, self.run_dir)
-        self.step, self.wandb_run_id, self.last_metrics = 0, "", {}
+        self.step, self.wandb_run_id, self.last_metrics, self.startup_s = 0, "", {}, None
         self.window = Window(self.loss.stat_names + ("loss_gen",), world.device)
         self._resume(found)
         if world.is_main:
@@ -263,13 +263,16 @@ class Trainer:
 
     def _loop(self) -> str:
         cfg, world = self.cfg, self.world
+        # what every rank of a job pays before it trains: interpreter, imports, data, models, resume
+        self.startup_s = tracking.process_age()
         if self.step >= cfg.train.steps:
             self.tracker.info(f"nothing to do: {self.run_dir.path} is at step {self.step} (train.steps={cfg.train.steps})")
             return "finished"
         self.tracker.info(f"training {cfg.model.kind}/{cfg.loss.kind} on {cfg.data.name}: steps {self.step}->"
                           f"{cfg.train.steps}, global batch {cfg.train.batch_size} on {world.world_size} rank(s), "
                           f"{torch.get_num_threads()} thread(s) each, device {world.device}; per rank "
-                          f"{self.layout.accumulation} micro-batch(es) of {self.layout.micro_batch}")
+                          f"{self.layout.accumulation} micro-batch(es) of {self.layout.micro_batch}; start-up "
+                          f"{self.startup_s:.1f} s (process start to first step)")
         self.window.reset()
         while self.step < cfg.train.steps:
             self.window.add(self.train_step(self.step), self.step)
@@ -318,7 +321,9 @@ class Trainer:
         self.last_metrics = {**means, **norms, "epoch": self.stream.epoch, "lr": self.opt_g.param_groups[0]["lr"],
                              "lr_critic": self.opt_c.param_groups[0]["lr"], "accumulation": self.layout.accumulation,
                              "images_per_sec": images / elapsed, "step_time": elapsed / steps,
-                             **(self.augment.metrics() if self.augment is not None else {})}
+                             **(self.augment.metrics() if self.augment is not None else {}),
+                             **({"startup_s": self.startup_s} if self.startup_s is not None else {})}
+        self.startup_s = None  # in the first row after a start only
         self.tracker.log(self.step, self.last_metrics)
         self.window.reset()
         return True
