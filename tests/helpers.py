@@ -2,18 +2,23 @@
 chosen at run time, bounded waits, every spawned process killed on the way out."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+import zygote
 
 # A tiny but real run: the digits at 8x8, narrow models, a few steps.
 # the book's WGAN-GP settings (n_critic 5, lr 1e-4, which the tests' figures assume), no evaluation
@@ -45,9 +50,10 @@ def base_env(tmp: Path | None = None) -> dict:
     return env
 
 
-def start(cmd: list[str], world_size: int = 1, cwd=None, env=None) -> list[subprocess.Popen]:
+def start(cmd: list[str], world_size: int = 1, cwd=None, env=None) -> list:
     """Start `cmd` once per rank with torchrun's environment variables (each in its own
-    process group, so a test can signal it alone)."""
+    session, so a test can signal its process group alone). gan_dist's own commands and test
+    scripts start from a zygote (tests/zygote.py): real processes without the ~2.5 s of imports."""
     env = env or base_env()
     port = free_port()
     procs = []
@@ -56,9 +62,58 @@ def start(cmd: list[str], world_size: int = 1, cwd=None, env=None) -> list[subpr
         if world_size > 1:
             e.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen(cmd, cwd=cwd, env=e, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, start_new_session=True))
+        procs.append(popen(cmd, cwd=cwd, env=e, slot=rank))
     return procs
+
+
+def popen(cmd: list[str], cwd=None, env=None, slot: int = 0):
+    """subprocess.Popen(cmd, stdout/stderr piped, text, a session of its own), or the same from
+    zygote `slot % 2` where it can start it (see forkable)."""
+    env = base_env() if env is None else env
+    if forkable(cmd):
+        return zygote.ZygoteProcess(cmd, env, cwd, _zygote(slot % 2))
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def forkable(cmd: list[str]) -> bool:
+    """`python -m gan_dist.X|jobs.X ...` and `python SCRIPT.py ...`; launchers (torchrun), `-c`,
+    other programs, and everything under GAN_DIST_TEST_FRESH_PROCESSES=1 start fresh."""
+    if os.environ.get("GAN_DIST_TEST_FRESH_PROCESSES") == "1" or len(cmd) < 2 or cmd[0] != sys.executable:
+        return False
+    if cmd[1] == "-m":
+        return len(cmd) > 2 and cmd[2].split(".")[0] in ("gan_dist", "jobs")
+    return cmd[1].endswith(".py")
+
+
+_ZYGOTES: dict[int, tuple[subprocess.Popen, str]] = {}
+
+
+def _zygote(slot: int) -> str:
+    """The socket of zygote `slot`, both started on first use (each with its own hash seed)."""
+    if slot not in _ZYGOTES:
+        where = tempfile.mkdtemp(prefix="gan_dist_zygote_")
+        env = base_env()
+        env.pop("PYTHONHASHSEED", None)  # a random one each
+        started = {}
+        for s in (0, 1):
+            path = os.path.join(where, f"z{s}.sock")
+            started[s] = (subprocess.Popen([sys.executable, zygote.__file__, path], env=env, stdout=subprocess.PIPE,
+                                           stdin=subprocess.DEVNULL, text=True, start_new_session=True), path)
+        _ZYGOTES.update(started)
+        for proc, path in started.values():
+            if proc.stdout.readline().strip() != "ready":
+                stop_zygotes()
+                raise RuntimeError(f"the test zygote {path} did not start (exit {proc.wait()})")
+        atexit.register(stop_zygotes)
+    return _ZYGOTES[slot][1]
+
+
+def stop_zygotes() -> None:
+    for proc, path in _ZYGOTES.values():
+        kill([proc])  # its group: the zygote and the supervisors waiting for their processes
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+    _ZYGOTES.clear()
 
 
 def finish(procs: list[subprocess.Popen], timeout: float = 240) -> list[Proc]:
