@@ -4,7 +4,8 @@
 # Partitions: debug (default, PriorityTier=1) and urgent (PriorityTier=10); a job submitted to
 # urgent preempts (requeues) debug jobs. Their --signal (e.g. B:USR2@60) is sent at preemption, but
 # only milliseconds before SIGTERM (no GraceTime); SIGKILL follows KillWait (default 30 s) later.
-# A requeued job starts again ~10-14 s after preemption (cred_expire) or ~1 s after the slot frees.
+# A requeued job starts again ~5-7 s after preemption (cred_expire=5, a 1 s scheduling loop) or ~1 s
+# after the slot frees.
 set -euo pipefail
 
 die() { echo "local_cluster_up: $*" >&2; exit 1; }
@@ -49,8 +50,9 @@ ClusterName=local
 SlurmctldHost=$NODE(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
-# Default is 120 s, and a requeued job may not start again before its credential expires.
-AuthInfo=cred_expire=10
+# Default is 120 s, and a requeued job may not start again before its credential expires (10 s
+# gave 15-20 s from the signal to the resumed job's first line, 5 s gives ~11 s).
+AuthInfo=cred_expire=5
 MpiDefault=none
 # Silences "error: Configured MailProg is invalid" (no mail(1) installed).
 MailProg=/bin/true
@@ -64,8 +66,9 @@ SelectTypeParameters=CR_CPU
 # Trust the node line below rather than what slurmd detects (containers misreport).
 SlurmdParameters=config_overrides
 ReturnToService=2
-# Schedule quickly so tests do not wait for the default 30 s / 60 s cycles.
-SchedulerParameters=bf_interval=2,sched_interval=5
+# Schedule quickly so tests do not wait for the default 30 s / 60 s cycles (1 s: a requeued job
+# starts as soon as its credential expires).
+SchedulerParameters=bf_interval=1,sched_interval=1
 # Preemption: urgent (tier 10) requeues debug (tier 1) jobs; their --signal is sent at preemption.
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE

@@ -72,7 +72,7 @@ def test_two_task_job_through_jobs_submit_trains_and_finishes(tmp_path):
 
 @pytest.mark.parametrize("how", ["interrupt", "scontrol_requeue"])
 def test_preempted_job_saves_a_coordinated_step_requeues_and_resumes(tmp_path, how):
-    run, steps = tmp_path / "run", 400  # the signal lands within a second of the 30th step: mid-run
+    run, steps = tmp_path / "run", 200  # the signal lands within a second of the 30th step (~40 steps/s): mid-run
     job = _submit(ARGS + [f"train.steps={steps}", f"run.dir={run}"])
     log = Path(job.paths.stdout)
     try:
@@ -126,7 +126,7 @@ def test_sbatch_script_runs_a_short_job(tmp_path):
 
 def test_sbatch_usr2_saves_requeues_before_the_ranks_exit_and_resumes(tmp_path):
     # --kill-on-bad-exit: the ranks exit 140 after the save; rank 0 must have requeued before.
-    run, steps = tmp_path / "run", 400
+    run, steps = tmp_path / "run", 200
     job_id, out = _sbatch(tmp_path, ARGS + [f"train.steps={steps}", f"run.dir={run}"], "--ntasks-per-node=2",
                           "--cpus-per-task=1")
     try:
