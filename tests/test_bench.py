@@ -57,3 +57,15 @@ def test_the_micro_batch_axis_keeps_the_global_batch_and_allocates_less(tmp_path
     alloc = [rows[r]["step_alloc_mb"][0] for r in ("ws1", "micro2", "micro4")]
     assert 0 < alloc[2] < alloc[1] < alloc[0], alloc  # the memory a step allocates falls with A
     assert "step " in out
+
+
+def test_startup_bench_reports_the_floor_and_both_rank_counts(tmp_path):
+    out = tmp_path / "startup.json"
+    (r,) = ok(spawn([sys.executable, "-m", "gan_dist.bench", "--startup", "--repeats", "1", "data.image_size=8",
+                     "model.width=8", "train.batch_size=16", "eval.every=0", "--json", str(out)],
+                    env=base_env(tmp_path), timeout=200))
+    res = json.loads(out.read_text())
+    assert len(res["floor"]) == 2 and set(res["train"]) == {"1 rank(s)", "2 rank(s)"}
+    for figure in (*res["floor"].values(), *res["train"].values()):
+        assert len(figure["runs_s"]) == 1 and 0 < figure["min_s"] <= figure["median_s"] <= figure["max_s"]
+    assert "python -m gan_dist.train, 2 rank(s), to step 1" in r.out

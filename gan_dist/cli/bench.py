@@ -1,5 +1,6 @@
 """`python -m gan_dist.bench [--config FILE] [key=value ...] [--steps 20 --warmup 5 --repeats 3]`:
-throughput of gan_dist against a plain hand-written loop (see gan_dist/bench.py)."""
+throughput of gan_dist against a plain hand-written loop (gan_dist/tools/bench.py); `--loader`:
+the data stream (tools/loader_bench.py); `--startup`: process start to first step (tools/startup_bench.py)."""
 from __future__ import annotations
 
 import argparse
@@ -58,6 +59,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--loader", action="store_true", help="the loader benchmark instead (gan_dist/tools/loader_bench.py)")
     p.add_argument("--loader-images", type=int, default=1024, help="--loader: images per layout and size")
     p.add_argument("--startup-files", type=int, default=100_000, help="--loader: files of the start-up comparison")
+    p.add_argument("--startup", action="store_true",
+                   help="the start-up benchmark instead: process start to first step, 1 and 2 ranks, --repeats runs "
+                        "each after one warm-up (gan_dist/tools/startup_bench.py)")
     p.add_argument("--worker", choices=tuple(RANKS), help=argparse.SUPPRESS)
     p.add_argument("--out-dir", help=argparse.SUPPRESS)
     args = p.parse_intermixed_args(argv)
@@ -72,6 +76,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     def run() -> int:
         if args.worker:
             worker(args)
+            return 0
+        if args.startup:
+            from gan_dist.tools import startup_bench
+
+            res = startup_bench.run(args.config, args.overrides, repeats=args.repeats, timeout=args.timeout)
+            if args.json:
+                Path(args.json).write_text(json.dumps(res, indent=1))
             return 0
         if args.loader:
             from gan_dist.tools import loader_bench

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -17,18 +16,6 @@ import torch
 from gan_dist.config import Config, to_dict
 from gan_dist.errors import UserError, first_line, log
 from gan_dist.runs.run_dir import RunDir
-
-
-def process_age() -> float:
-    """Seconds since this process started (Linux: the kernel's start time, so the interpreter's
-    own start-up and every import count; elsewhere: since gan_dist was imported)."""
-    try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
-        import gan_dist
-
-        return time.monotonic() - gan_dist.IMPORTED
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -26,7 +26,7 @@ from gan_dist.distributed.seeding import draw, mix_seed
 from gan_dist.errors import UserError
 from gan_dist.models import frozen
 from gan_dist.quality import evaluation
-from gan_dist.runs import checkpoint, samples, tracking
+from gan_dist.runs import checkpoint, clock, samples
 from gan_dist.runs.best import BEST, Best
 from gan_dist.runs.run_dir import RunDir
 from gan_dist.runs.tracking import Tracker
@@ -264,7 +264,7 @@ class Trainer:
     def _loop(self) -> str:
         cfg, world = self.cfg, self.world
         # what every rank of a job pays before it trains: interpreter, imports, data, models, resume
-        self.startup_s = tracking.process_age()
+        self.startup_s = clock.process_age()
         if self.step >= cfg.train.steps:
             self.tracker.info(f"nothing to do: {self.run_dir.path} is at step {self.step} (train.steps={cfg.train.steps})")
             return "finished"
