@@ -33,7 +33,8 @@ def _no_slurm_reason() -> str:
 REASON = _no_slurm_reason()
 if REASON and os.environ.get("GAN_DIST_REQUIRE_SLURM") == "1":  # CI: a missing cluster is a failure
     raise RuntimeError(f"GAN_DIST_REQUIRE_SLURM=1 but {REASON}")
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(bool(REASON), reason=REASON)]
+# one worker runs them all (pytest-xdist): the node has 2 CPUs and the jobs take both
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(bool(REASON), reason=REASON), pytest.mark.xdist_group("slurm")]
 
 ARGS = TINY + ["train.log_every=10", "train.checkpoint_every=1000"]
 
