@@ -168,3 +168,43 @@ def test_a_rollback_restores_p_with_the_weights(tmp_path):
     assert all(torch.equal(a["augment"][k], b["augment"][k]) for k in ("p", "counts", "rt"))
     for name, t in a["critic"].items():
         assert torch.equal(t, b["critic"][name]), name
+
+
+def test_the_warp_differentiates_twice_as_the_penalties_need():
+    """WGAN-GP's and R1's penalties differentiate the critic's input gradient back through ADA's
+    warp; torch before 2.14 has no derivative of grid_sample's backward (warp.py). The warp is
+    kornia's to 1e-12, its second derivatives check numerically and equal torch's own where torch
+    has them."""
+    import kornia.geometry.transform as kt
+    import torch.nn.functional as F
+
+    from gan_dist.training.warp import grid_sample, scale_rotate
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 9, 9, dtype=torch.float64, generator=g)
+    scale, angle = torch.tensor([1.0, 1.3, 0.8], dtype=torch.float64), torch.tensor([0.0, 30.0, -100.0],
+                                                                                    dtype=torch.float64)
+    center = torch.tensor([[4.0, 4.0]], dtype=torch.float64).expand(3, 2)
+    ref = kt.warp_affine(x, kt.get_rotation_matrix2d(center, angle, scale.view(3, 1).expand(3, 2)), (9, 9),
+                         mode="bilinear", padding_mode="reflection", align_corners=True)
+    assert (scale_rotate(x, scale, angle) - ref).abs().max() < 1e-12
+    theta = torch.tensor([[[0.9, 0.2, 0.1], [-0.2, 0.9, 0.0]]], dtype=torch.float64).expand(3, 2, 3)
+    grid = F.affine_grid(theta, [3, 2, 9, 9], align_corners=True)
+    xi = x.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: grid_sample(t, grid), (xi,))
+    assert torch.autograd.gradgradcheck(lambda t: grid_sample(t, grid), (xi,))
+    weight = torch.randn(2, 2, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+
+    def penalty_grad(sample):  # d/d weight of |d critic(sample(x)) / dx|^2, as the penalties compute it
+        inp = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.conv2d(sample(inp), weight).pow(2).sum(), inp, create_graph=True)
+        return torch.autograd.grad(grad.pow(2).sum(), weight)[0]
+    ours = penalty_grad(lambda t: grid_sample(t, grid))
+    try:
+        native = penalty_grad(lambda t: F.grid_sample(t, grid, mode="bilinear", padding_mode="reflection",
+                                                      align_corners=True))
+    except RuntimeError as e:  # this torch: the gap warp.py fills
+        assert "grid_sampler_2d_backward is not implemented" in str(e)
+        assert torch.isfinite(ours).all() and ours.abs().sum() > 0
+    else:
+        assert torch.allclose(ours, native, atol=1e-12)

@@ -2,11 +2,12 @@
 leaving the process group; the DDP wrap.
 
 Environment detection: torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), else the
-tasks of one srun (SLURM_PROCID, ...), else one process. One process never initializes a
-process group: it runs the same loop on bare modules.
+tasks of one srun (SLURM_PROCID, ...), else one process. One process initializes no process
+group (unless dist.force_ddp): it runs the same loop on bare modules.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ class World:
     backend: Optional[str] = None
     cpu_group: Any = None  # gloo group for small control tensors (no device sync under nccl)
     launcher: str = "none"  # torchrun | slurm (one srun task per rank: submitit, sbatch) | none
+    force_ddp: bool = False  # dist.force_ddp: a process group and DDP on one rank too
 
     @property
     def is_main(self) -> bool:
@@ -37,13 +39,14 @@ class World:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """A process group, DDP wrappers and collectives: more than one rank, or dist.force_ddp."""
+        return self.world_size > 1 or self.force_ddp
 
 
-def detect(backend: str = "auto") -> World:
+def detect(backend: str = "auto", force_ddp: bool = False) -> World:
     """Read rank/world from the launcher's environment: torchrun (or variables an srun task
     exported: submitit, slurm/train.sbatch), else srun's own, else one process. backend:
-    dist.backend (auto: nccl on CUDA, gloo on CPU)."""
+    dist.backend (auto: nccl on CUDA, gloo on CPU); force_ddp: dist.force_ddp."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         try:
@@ -87,6 +90,7 @@ def detect(backend: str = "auto") -> World:
                             f"{torch.__version__} {'with' if torch.backends.cuda.is_built() else 'without'} CUDA): "
                             "fix the job's GPU binding or the torch build; not training on the CPU")
         world.backend = "gloo"
+    world.force_ddp = force_ddp
     return world
 
 
@@ -120,7 +124,8 @@ def default_threads(world: World) -> int:
 
 
 def setup(world: World, threads: Optional[int], timeout_s: float = 600.0) -> World:
-    """Set threads and device, and join the process group when there is more than one rank."""
+    """Set threads and device, and join the process group when there is more than one rank
+    (or dist.force_ddp)."""
     torch.set_num_threads(threads or default_threads(world))
     if world.device.type == "cuda":
         torch.cuda.set_device(world.device)
@@ -136,6 +141,8 @@ def setup(world: World, threads: Optional[int], timeout_s: float = 600.0) -> Wor
             agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
                                   world.world_size, is_master=False, timeout=timeout)
             store = dist.PrefixStore(f"gan_dist/attempt_{attempt}", agent)
+        elif world.world_size == 1 and "MASTER_ADDR" not in os.environ:  # dist.force_ddp in a plain process
+            store = dist.HashStore()
         dist.init_process_group(world.backend, store=store, rank=world.rank, world_size=world.world_size,
                                 timeout=timeout)
         world.cpu_group = dist.new_group(backend="gloo") if world.backend == "nccl" else dist.group.WORLD
@@ -145,7 +152,7 @@ def setup(world: World, threads: Optional[int], timeout_s: float = 600.0) -> Wor
 
 
 def wrap(module: torch.nn.Module, world: World) -> torch.nn.Module:
-    """DDP only when there is more than one rank; the single process uses the bare module.
+    """DDP only when there is more than one rank (or dist.force_ddp); one process uses the bare module.
     forward_sync_buffers only for SyncBatchNorm: plain BatchNorm running stats only matter in
     eval, and broadcasting them between several forwards and one backward breaks autograd.
     Never static_graph=True: with the penalty's double backward it silently desynchronizes."""
@@ -154,8 +161,11 @@ def wrap(module: torch.nn.Module, world: World) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     sync_bn = any(isinstance(m, torch.nn.SyncBatchNorm) for m in module.modules())
-    return DDP(module, device_ids=[world.device.index] if world.device.type == "cuda" else None,
-               forward_sync_buffers=sync_bn)
+    # torch 2.13 renamed broadcast_buffers (deprecated since) to forward_sync_buffers; torch before
+    # 2.13 (the GPU image's 2.11) knows the old name only
+    buffers = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters \
+        else "broadcast_buffers"
+    return DDP(module, device_ids=[world.device.index] if world.device.type == "cuda" else None, **{buffers: sync_bn})
 
 
 def initialized() -> bool:

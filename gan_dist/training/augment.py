@@ -25,7 +25,7 @@ correctly, 2 * P(real above fake) - 1, that rises to 1 when it memorizes the tra
 
 Operations on images in [-1, 1]: translation (integer pixels, up to 1/8 of the size, zero
 padding, DiffAugment's), scale (isotropic, lognormal with sigma 0.2 ln 2, ADA's) and rotation
-(uniform, +-180 degrees, ADA's; kornia's warp_affine with reflection padding: no black corners
+(uniform, +-180 degrees, ADA's; one warp with reflection padding, warp.py: no black corners
 for the critic to spot), cutout (a square of half the size, DiffAugment's), brightness,
 contrast, saturation (DiffAugment's, without clamping: the generator's tanh output meets them
 whole) and xflip (off by default: a flipped image can be another class)."""
@@ -40,6 +40,7 @@ from torch import nn
 from gan_dist.config import augment_operations
 from gan_dist.distributed import World, rows
 from gan_dist.distributed.seeding import seeded_generator
+from gan_dist.training.warp import scale_rotate
 
 # Each operation's uniform draws per sample, after the one that decides whether it applies.
 DRAWS = {"translation": 2, "scale": 1, "rotation": 1, "cutout": 2, "brightness": 1, "contrast": 1,
@@ -61,15 +62,12 @@ def _translation(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def _affine(x: torch.Tensor, scale: Optional[torch.Tensor], angle: Optional[torch.Tensor]) -> torch.Tensor:
-    """Isotropic scale and rotation about the center, one kornia warp with reflection padding."""
-    import kornia.geometry.transform as kt
-
-    n, _, h, w = x.shape
-    center = torch.tensor([[(w - 1) / 2.0, (h - 1) / 2.0]], device=x.device, dtype=x.dtype).expand(n, 2)
-    s = (torch.ones(n, device=x.device, dtype=x.dtype) if scale is None else scale).view(n, 1).expand(n, 2)
+    """Isotropic scale and rotation about the center, one warp with reflection padding (warp.py:
+    differentiable twice on every torch, for the penalties)."""
+    n = x.shape[0]
+    s = torch.ones(n, device=x.device, dtype=x.dtype) if scale is None else scale
     a = torch.zeros(n, device=x.device, dtype=x.dtype) if angle is None else angle
-    matrix = kt.get_rotation_matrix2d(center, a, s)
-    return kt.warp_affine(x, matrix, (h, w), mode="bilinear", padding_mode="reflection", align_corners=True)
+    return scale_rotate(x, s, a)
 
 
 def _cutout(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
