@@ -92,7 +92,7 @@ def fit(config: Union[Config, dict, str, Path, None] = None, *, models: Optional
     from gan_dist.runs.samples import cpu_copy
     from gan_dist.training.trainer import Trainer
 
-    world = distributed.detect(cfg.dist.backend)
+    world = distributed.detect(cfg.dist.backend, cfg.dist.force_ddp)
     config_module.check_world(cfg, world.world_size)
     setup_logging(world.rank)
     # Signals are caught from here on: one that arrives while the ranks meet or the data

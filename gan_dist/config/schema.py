@@ -26,6 +26,8 @@ class RunConfig:
 @dataclass
 class DistConfig:
     backend: str = setting("auto", "auto (nccl on CUDA, gloo on CPU) | nccl | gloo (lets ranks share one GPU)")
+    force_ddp: bool = setting(False, "join a process group and wrap both networks in DDP even on one rank: the "
+                              "multi-GPU path (nccl, SyncBatchNorm, device_ids) on one GPU, for checks")
 
 
 @dataclass
@@ -124,6 +126,8 @@ class TrainConfig:
     channels_last: bool = setting(False, "DCGAN convolutions in NHWC (faster on tensor cores)")
     tf32: bool = setting(True, "CUDA: TF32 matmuls and convolutions")
     cudnn_benchmark: bool = setting(True, "CUDA: cuDNN picks the fastest kernels for the fixed shapes")
+    deterministic: bool = setting(False, "CUDA: deterministic kernels only (cuDNN's, torch.use_deterministic_algorithms; "
+                                  "cudnn_benchmark off): two runs, and a run and its resume, bitwise equal; slower")
     compile: bool = setting(False, "torch.compile the generator (and a critic whose loss needs no double backward)")
     keep_best: str = setting("", "an eval metric (fid, kid, recall, ...): keep checkpoints/best.pt by it")
     on_divergence: str = setting("stop", "stop | rollback (to the last checkpoint, learning rates scaled)")

@@ -110,6 +110,8 @@ class BatchStream:
         self.size = len(dataset)
         self.sampler = ResumableSampler(dataset, world, cfg.seed, self.batch_size)
         self.device = world.device
+        # train.channels_last: the critic's real images in the layout of its weights (fakes come so)
+        self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.on_device = materialize(dataset, world.device) if cfg.data.on_device else None
         self.workers = 0 if self.on_device else num_workers(cfg, dataset, world)
         self.images = dataset  # a ZipImages whose batches arrive encoded (data.decode=device)
@@ -162,7 +164,10 @@ class BatchStream:
         if self.position + self.batch_size > self.size:
             self.epoch, self.position, self._it = self.epoch + 1, 0, None
         # uint8 pixels cross to the device, and become floats in [-1, 1] there
-        return to_unit(images.to(self.device, non_blocking=True)), labels.to(self.device, non_blocking=True)
+        images = images.to(self.device, non_blocking=True)
+        if images.dim() == 4:
+            images = images.contiguous(memory_format=self.memory_format)
+        return to_unit(images), labels.to(self.device, non_blocking=True)
 
     def close(self) -> None:
         """Stop the workers now (persistent workers otherwise live until garbage collection)."""

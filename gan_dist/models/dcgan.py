@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 
 def _channels(res: int, image_size: int, width: int) -> int:
@@ -64,7 +65,16 @@ class Critic(nn.Module):
     def forward(self, x: torch.Tensor, onehot: Optional[torch.Tensor] = None) -> torch.Tensor:
         if onehot is not None:
             x = torch.cat([x, onehot[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])], 1)
+            if _channels_last(self.net[0]):  # the cat with the expanded labels comes back NCHW
+                x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x).flatten()
+
+
+def _channels_last(conv: nn.Conv2d) -> bool:
+    """Are the conv's weights NHWC (train.channels_last)? Read from the stored tensor: the
+    spectral-norm weight would run a power iteration when read."""
+    stored = conv.parametrizations.weight.original if parametrize.is_parametrized(conv, "weight") else conv.weight
+    return stored.is_contiguous(memory_format=torch.channels_last)
 
 
 def build(cfg, info) -> tuple[nn.Module, nn.Module]:

@@ -125,7 +125,7 @@ def worker(args: argparse.Namespace) -> None:
     rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     # the parent appended run.dir, batch, threads; no evaluation: it is not a training step
     cfg = config.load(args.config, ["eval.every=0", *args.overrides])
-    world = distributed.setup(distributed.detect(cfg.dist.backend), threads=1, timeout_s=args.timeout)
+    world = distributed.setup(distributed.detect(cfg.dist.backend, cfg.dist.force_ddp), threads=1, timeout_s=args.timeout)
     tr, finished = None, False
     try:
         data = synthetic_data(cfg, args.classes, args.synthetic_size) if args.synthetic else None

@@ -161,7 +161,7 @@ def worker(cfg: Config, out: Path) -> None:
     from gan_dist import distributed
     from gan_dist.training.trainer import Trainer
 
-    world = distributed.setup(distributed.detect(cfg.dist.backend), threads=1)
+    world = distributed.setup(distributed.detect(cfg.dist.backend, cfg.dist.force_ddp), threads=1)
     setup_logging(world.rank)
     trainer, finished = None, False
     try:

@@ -3,6 +3,7 @@ SyncBatchNorm across CUDA ranks, the contract checked, rank 0's weights broadcas
 channels_last), the device's speed switches, the optimizers, and the compiled wrappers."""
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional
 
 import torch
@@ -33,10 +34,16 @@ def networks(cfg: Config, info: DataInfo, world: World, factory: Optional[Callab
 
 
 def device_switches(cfg: Config, world: World) -> dict:
-    """Set TF32 and cuDNN benchmark on CUDA; the autocast arguments (bf16 or off)."""
+    """Set TF32, cuDNN benchmark and determinism on CUDA (before the first kernel runs); the
+    autocast arguments (bf16 or off)."""
     if world.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
-        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark and not cfg.train.deterministic
+        if cfg.train.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for repeatable matmuls
+            torch.backends.cudnn.deterministic = True
+            # warn_only: an op without a deterministic CUDA kernel warns once instead of stopping the run
+            torch.use_deterministic_algorithms(True, warn_only=True)
     return dict(device_type=world.device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
 
 

@@ -14,7 +14,6 @@ from contextlib import nullcontext
 from typing import Callable, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from gan_dist import distributed
@@ -75,9 +74,9 @@ class Trainer:
         # What the run resumes from, read first: its micro-batch sets the memory per rank
         found = checkpoint.resume_state(self.run_dir.path, world, cfg.run.shared_fs_wait_s)
         saved = int(found[0]["micro_batch"]) if found is not None and "micro_batch" in found[0] else None
+        self.autocast = build.device_switches(cfg, world)  # before the first kernel (determinism)
         self.generator, self.critic = build.networks(cfg, self.info, world, models,
                                                      build.per_forward(cfg, world, saved))
-        self.autocast = build.device_switches(cfg, world)
         self.loss = build_loss(cfg.loss)
         probe = build.fits(cfg, world, self.loss, self.generator, self.critic, self.autocast)
         self.layout, notes = layout.resolve(cfg, world, saved, probe)
@@ -188,7 +187,11 @@ class Trainer:
         return tuple(t[distributed.rows(self.world)] for t in draws)
 
     def _onehot(self, labels: torch.Tensor):
-        return F.one_hot(labels, self.num_classes).float() if self.num_classes else None
+        """Float one-hot rows; a scatter, the same on every device (F.one_hot reads the labels'
+        range on the host on some devices)."""
+        if not self.num_classes:
+            return None
+        return torch.zeros(len(labels), self.num_classes, device=labels.device).scatter_(1, labels.view(-1, 1), 1.0)
 
     def train_step(self, step: int) -> torch.Tensor:
         """Returns this rank's stats for the step (on device, no host sync). Each update runs A
@@ -270,7 +273,7 @@ class Trainer:
             return "finished"
         self.tracker.info(f"training {cfg.model.kind}/{cfg.loss.kind} on {cfg.data.name}: steps {self.step}->"
                           f"{cfg.train.steps}, global batch {cfg.train.batch_size} on {world.world_size} rank(s), "
-                          f"{torch.get_num_threads()} thread(s) each, device {world.device}; per rank "
+                          f"{torch.get_num_threads()} thread(s) each, device {world.device}{self._ddp_note()}; per rank "
                           f"{self.layout.accumulation} micro-batch(es) of {self.layout.micro_batch}; start-up "
                           f"{self.startup_s:.1f} s (process start to first step)")
         self.window.reset()
@@ -296,6 +299,12 @@ class Trainer:
             if stop:
                 return self._stop()
         return "finished"
+
+    def _ddp_note(self) -> str:
+        if not self.world.distributed:
+            return ""
+        sync = any(isinstance(m, torch.nn.SyncBatchNorm) for m in self.generator.modules())
+        return f", DDP over {self.world.backend}" + (", SyncBatchNorm" if sync else "")
 
     def _stop(self) -> str:
         """Every rank is here at the same step, that step saved."""
