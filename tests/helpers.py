@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import torch
 
 import zygote
@@ -25,6 +26,33 @@ import zygote
 TINY = ["data.image_size=8", "model.width=8", "model.z_dim=16", "train.batch_size=16", "eval.every=0",
         "loss.n_critic=5", "optim.lr=1e-4", "train.ema_decay=0.999",
         "train.threads=1", "train.log_every=2", "train.sample_every=4", "train.checkpoint_every=4"]
+
+
+# The CUDA paths: a test parametrized over DEVICES runs its CUDA case where CUDA is (`make
+# gpu-check` on a lent GPU) and its CPU twin everywhere, which proves the test's own logic.
+CUDA = torch.cuda.is_available()
+# (-m cuda selects the CUDA cases: tests/gpu_check.py)
+NO_CUDA = [pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="no CUDA device here (its CPU twin ran); make "
+                                                                "gpu-check runs it")]
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=NO_CUDA)]
+# CUDA runs that tests compare bitwise take deterministic kernels; 2 ranks share the one GPU over gloo
+ON_CUDA = ["train.deterministic=true", "train.tf32=false"]
+
+
+def device_env(device: str, tmp: Path | None = None) -> dict:
+    """base_env for a run on `device`: the CPU twin hides CUDA, so it runs on the CPU on a GPU machine too."""
+    env = base_env(tmp)
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def device_args(device: str, world_size: int = 1) -> list[str]:
+    """The settings a test's run on `device` takes: none on the CPU; on CUDA deterministic kernels and
+    fp32 without TF32 (bitwise comparisons), and gloo when 2 ranks share the one GPU."""
+    if device == "cpu":
+        return []
+    return ON_CUDA + (["dist.backend=gloo"] if world_size > 1 and torch.cuda.device_count() < world_size else [])
 
 
 @dataclass

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from helpers import TINY, latest_ckpt, load_ckpt, ok, one_line_error, train, train_injected
+from helpers import NO_CUDA, TINY, device_args, device_env, latest_ckpt, load_ckpt, ok, one_line_error, train, train_injected
 
 # batch 64: 28 global batches per epoch of the 1,797 digits; 8 steps x 5 critic batches = 40.
 RESUME = TINY + ["train.batch_size=64", "train.checkpoint_every=4"]
@@ -28,12 +28,16 @@ def _assert_tree_equal(a, b, where=""):
         assert a == b, f"{where}: {a} != {b}"
 
 
-@pytest.mark.parametrize("world_size, extra", [(1, []), (2, []), (1, MLP)], ids=["1rank", "2ranks", "mlp-bce-dropout"])
-def test_resume_is_bitwise_exact(tmp_path, world_size, extra):
-    args = RESUME + extra
-    ok(train(args + ["train.steps=8", f"run.dir={tmp_path}/straight"], world_size))
-    ok(train(args + ["train.steps=4", f"run.dir={tmp_path}/resumed"], world_size))
-    second = ok(train(args + ["train.steps=8", f"run.dir={tmp_path}/resumed"], world_size))
+@pytest.mark.parametrize("device, world_size, extra", [
+    pytest.param("cpu", 1, [], id="1rank"), pytest.param("cpu", 2, [], id="2ranks"),
+    pytest.param("cpu", 1, MLP, id="mlp-bce-dropout"), pytest.param("cuda", 1, [], id="1rank-cuda", marks=NO_CUDA),
+    pytest.param("cuda", 1, MLP, id="mlp-bce-dropout-cuda", marks=NO_CUDA)])
+def test_resume_is_bitwise_exact(tmp_path, device, world_size, extra):
+    # CUDA: bitwise with train.deterministic (cuDNN's and cuBLAS's repeatable kernels, no TF32)
+    args, env = RESUME + extra + device_args(device), device_env(device)
+    ok(train(args + ["train.steps=8", f"run.dir={tmp_path}/straight"], world_size, env=env))
+    ok(train(args + ["train.steps=4", f"run.dir={tmp_path}/resumed"], world_size, env=env))
+    second = ok(train(args + ["train.steps=8", f"run.dir={tmp_path}/resumed"], world_size, env=env))
     assert "resuming from" in second[0].out and "step_00000004.pt" in second[0].out
     a, b = latest_ckpt(tmp_path / "straight"), latest_ckpt(tmp_path / "resumed")
     assert a["step"] == b["step"] == 8 and a["data"] == b["data"]

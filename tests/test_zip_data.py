@@ -15,7 +15,19 @@ from gan_dist import config
 from gan_dist.data import stream
 from gan_dist.data.dataset_tool import convert
 from gan_dist.distributed import World
-from helpers import TINY, assert_same_state, latest_ckpt, ok, one_line_error, train, write_image_folder
+from gan_dist.data.zipdata import ZipImages, decode_batch
+from helpers import (
+    DEVICES,
+    TINY,
+    assert_same_state,
+    device_args,
+    device_env,
+    latest_ckpt,
+    ok,
+    one_line_error,
+    train,
+    write_image_folder,
+)
 
 ZIP = ["data.name=zip", "model.norm=none", "optim.eps=1e-6"]
 
@@ -112,12 +124,25 @@ def test_a_resume_may_switch_between_a_folder_and_the_zip_made_from_it(tmp_path)
                    "only to the same images: count 96 -> 80")
 
 
-def test_decoding_on_the_device_is_the_cpu_decoding(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_decoding_on_the_device_is_the_cpu_decoding(tmp_path, device):
     _, data = _zip(tmp_path, per_class=8, fmt="jpg")
-    args = TINY + ZIP + [f"data.root={data}", "train.steps=2"]
-    ok(train(args + ["data.decode=device", f"run.dir={tmp_path}/device"]))
-    ok(train(args + [f"run.dir={tmp_path}/cpu"]))
-    assert_same_state(latest_ckpt(tmp_path / "device"), latest_ckpt(tmp_path / "cpu"))
+    # the pixels: decoded whole batches on the device (nvjpeg on CUDA) against one by one in a worker
+    images = ZipImages(data)
+    index = list(range(len(images)))
+    on_device = decode_batch(images, index, [images._bytes(i) for i in index], torch.device(device)).cpu()
+    in_worker = torch.stack([images[i][0] for i in index])
+    levels = (on_device.int() - in_worker.int()).abs()
+    print(f"{device} decoding vs the CPU's: max {levels.max().item()} levels, mean {levels.float().mean().item():.3f}")
+    if device == "cpu":
+        assert torch.equal(on_device, in_worker)
+    else:  # nvjpeg's IDCT and upsampling round otherwise than libjpeg-turbo's
+        assert levels.max() <= 8 and levels.float().mean() < 1.0
+    args = TINY + ZIP + [f"data.root={data}", "train.steps=2", *device_args(device)]
+    ok(train(args + ["data.decode=device", f"run.dir={tmp_path}/device"], env=device_env(device)))
+    ok(train(args + [f"run.dir={tmp_path}/cpu"], env=device_env(device)))
+    if device == "cpu":
+        assert_same_state(latest_ckpt(tmp_path / "device"), latest_ckpt(tmp_path / "cpu"))
     one_line_error(train(TINY + ZIP + [f"data.root={_zip(tmp_path / 'p', per_class=4)[1]}", "data.decode=device",
                                        f"run.dir={tmp_path}/x"])[0], "data.decode=device", "data.decode=cpu")
 
