@@ -6,7 +6,18 @@ import json
 import pytest
 import torch
 
-from helpers import NO_CUDA, TINY, device_args, device_env, latest_ckpt, load_ckpt, ok, one_line_error, train, train_injected
+from helpers import (
+    NO_CUDA,
+    TINY,
+    device_args,
+    device_env,
+    latest_ckpt,
+    load_ckpt,
+    ok,
+    one_line_error,
+    train,
+    train_injected,
+)
 
 # batch 64: 28 global batches per epoch of the 1,797 digits; 8 steps x 5 critic batches = 40.
 RESUME = TINY + ["train.batch_size=64", "train.checkpoint_every=4"]
