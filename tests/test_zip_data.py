@@ -14,8 +14,8 @@ from PIL import Image
 from gan_dist import config
 from gan_dist.data import stream
 from gan_dist.data.dataset_tool import convert
-from gan_dist.distributed import World
 from gan_dist.data.zipdata import ZipImages, decode_batch
+from gan_dist.distributed import World
 from helpers import (
     DEVICES,
     TINY,
@@ -130,7 +130,8 @@ def test_decoding_on_the_device_is_the_cpu_decoding(tmp_path, device):
     # the pixels: decoded whole batches on the device (nvjpeg on CUDA) against one by one in a worker
     images = ZipImages(data)
     index = list(range(len(images)))
-    on_device = decode_batch(images, index, [images._bytes(i) for i in index], torch.device(device)).cpu()
+    on_device = decode_batch(images, index, [images._bytes(i) for i in index], torch.tensor(images.targets),
+                             torch.device(device))[0].cpu()
     in_worker = torch.stack([images[i][0] for i in index])
     levels = (on_device.int() - in_worker.int()).abs()
     print(f"{device} decoding vs the CPU's: max {levels.max().item()} levels, mean {levels.float().mean().item():.3f}")
@@ -179,3 +180,36 @@ def test_twenty_thousand_images_from_folder_to_zip_to_two_ranks_and_a_resume(tmp
     ok(train(args + ["train.steps=4", f"run.dir={tmp_path}/run"], 2, timeout=300))
     state = latest_ckpt(tmp_path / "run")
     assert state["step"] == 4 and state["data"] == {"epoch": 0, "samples_in_epoch": 4 * 5 * 16}
+
+
+def _break_members(path, stored: int, deflated: int) -> list[str]:
+    """The zip with member `stored`'s local header overwritten and member `deflated` rewritten
+    deflated with a broken stream: bytes that cannot be read (central directory intact)."""
+    with zipfile.ZipFile(path) as z:
+        items = [(i, z.read(i.filename)) for i in z.infolist()]
+    names = [i.filename for i, _ in items if i.filename.endswith(".jpg")]
+    with zipfile.ZipFile(path, "w") as z:
+        for info, data in items:
+            z.writestr(info.filename, data, zipfile.ZIP_DEFLATED if info.filename == names[deflated] else zipfile.ZIP_STORED)
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        bad_header, bad_stream = z.getinfo(names[stored]), z.getinfo(names[deflated])
+    raw[bad_header.header_offset:bad_header.header_offset + 4] = b"XXXX"
+    start = bad_stream.header_offset + 30 + len(bad_stream.filename.encode()) + len(bad_stream.extra)
+    raw[start] = 0xFF  # deflate block type 3: "invalid block type"
+    path.write_bytes(bytes(raw))
+    return [names[stored], names[deflated]]
+
+
+def test_members_whose_bytes_cannot_be_read_are_skipped_alike_by_both_decoders_on_two_ranks(tmp_path):
+    # a bad local header and a zlib error: the CPU path skipped them, decoding on the device killed
+    # the rank that met one while the other waited
+    _, data = _zip(tmp_path, per_class=8, fmt="jpg")
+    broken = _break_members(data, stored=5, deflated=9)
+    args = TINY + ZIP + [f"data.root={data}", "train.steps=2"]
+    device = ok(train(args + ["data.decode=device", f"run.dir={tmp_path}/device"], 2))
+    cpu = ok(train(args + [f"run.dir={tmp_path}/cpu"], 2))
+    for results in (device, cpu):
+        said = "".join(r.err for r in results)
+        assert all(f"skipping {name}" in said for name in broken), said
+    assert_same_state(latest_ckpt(tmp_path / "device"), latest_ckpt(tmp_path / "cpu"))

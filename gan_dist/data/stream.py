@@ -158,8 +158,7 @@ class BatchStream:
                 batch = next(self._it)
             except UserError as e:  # raised in a worker: DataLoader re-raises it with the traceback
                 raise UserError(str(e).strip().splitlines()[-1].split("UserError: ", 1)[-1]) from None
-            images, labels = (decode_batch(self.images, batch[0], batch[1], self.device), batch[2]) \
-                if self.encoded else batch
+            images, labels = decode_batch(self.images, *batch, self.device) if self.encoded else batch
         self.position += self.batch_size
         if self.position + self.batch_size > self.size:
             self.epoch, self.position, self._it = self.epoch + 1, 0, None

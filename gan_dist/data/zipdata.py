@@ -112,18 +112,28 @@ class ZipImages(Dataset):
         return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
     def __getitem__(self, index: int):
+        return self.first_good(index, self._item)
+
+    def _item(self, i: int):
+        image = decode(self._bytes(i), self.channels)
+        if tuple(image.shape) != (self.channels, self.size, self.size):
+            raise ValueError(f"it is {image.shape[-1]}x{image.shape[-2]}, the zip's images {self.size}x{self.size}")
+        return image, self.targets[i]
+
+    def first_good(self, index: int, read):
+        """read(i) for the first member from `index` on that it does not fail on: a member whose
+        bytes cannot be read, that does not decode or has another size is skipped, the next one
+        taking its place. A rule of the index alone, so the same on every rank and on both
+        decoding paths (data.decode=cpu and device); each skipped member warned once, counted."""
         for attempt in range(min(len(self), self.MAX_CONSECUTIVE)):
             i = (index + attempt) % len(self)
             try:
-                image = decode(self._bytes(i), self.channels)
-                if tuple(image.shape) != (self.channels, self.size, self.size):
-                    raise ValueError(f"it is {image.shape[-1]}x{image.shape[-2]}, the zip's images {self.size}x{self.size}")
-                return image, self.targets[i]
-            except Exception as e:  # a corrupt member, another size: skipped, the same on every rank
+                return read(i)
+            except Exception as e:  # a corrupt member, another size
                 if self.names[i] not in self._warned:
                     self._warned.add(self.names[i])
-                    log.warning("skipping %s in %s (%s); the next image takes its place", self.names[i], self.path,
-                                first_line(e))
+                    log.warning("skipping %s in %s (%s); the next image takes its place (%d skipped by this process)",
+                                self.names[i], self.path, first_line(e), len(self._warned))
         raise UserError(f"data.root: {self.MAX_CONSECUTIVE} images in a row of {self.path} do not decode")
 
     def __getstate__(self) -> dict:  # DataLoader workers under spawn: never pickle an open file
@@ -131,8 +141,9 @@ class ZipImages(Dataset):
 
 
 class Encoded(Dataset):
-    """data.decode=device: a ZipImages' items as (index, the member's bytes, label), batched as
-    lists (collate); the loop decodes them on the device (decode_batch)."""
+    """data.decode=device: a ZipImages' items as (the member's index, its bytes, label), batched
+    as lists (collate); the loop decodes them on the device (decode_batch). A member whose bytes
+    cannot be read is skipped by ZipImages' rule (first_good)."""
 
     def __init__(self, images: ZipImages):
         self.images = images
@@ -141,7 +152,8 @@ class Encoded(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int):
-        return index, self.images._bytes(index), self.images.targets[index]
+        images = self.images
+        return images.first_good(index, lambda i: (i, images._bytes(i), images.targets[i]))
 
     @staticmethod
     def collate(items):
@@ -149,9 +161,11 @@ class Encoded(Dataset):
         return list(index), list(data), torch.as_tensor(labels)
 
 
-def decode_batch(images: ZipImages, index: list[int], data: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """A batch of JPEG members decoded on `device` (nvjpeg on CUDA); a batch with a member that
-    does not decode is decoded item by item on the CPU instead (skipping it, as ZipImages does)."""
+def decode_batch(images: ZipImages, index: list[int], data: list[torch.Tensor], labels: torch.Tensor,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of a batch of JPEG members decoded on `device` (nvjpeg on CUDA); a batch
+    with a member that does not decode is decoded item by item on the CPU instead (skipping it,
+    and taking the next member's label with its image, as ZipImages does)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     try:
@@ -159,10 +173,11 @@ def decode_batch(images: ZipImages, index: list[int], data: list[torch.Tensor], 
             warnings.simplefilter("ignore", DeprecationWarning)
             out = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
         if all(tuple(x.shape) == (3, images.size, images.size) for x in out):
-            return torch.stack(out)
+            return torch.stack(out), labels
     except RuntimeError:
         pass
-    return torch.stack([images[i][0] for i in index]).to(device)
+    items = [images[i] for i in index]
+    return torch.stack([x for x, _ in items]).to(device), torch.as_tensor([y for _, y in items], dtype=labels.dtype)
 
 
 def zip_images(cfg: Config):
