@@ -13,11 +13,16 @@ from gan_dist import config
 from gan_dist.distributed import World
 from gan_dist.errors import UserError
 from gan_dist.training import layout
-from helpers import TINY, latest_ckpt, ok, one_line_error, spawn, train
+from helpers import TINY, assert_same_state, latest_ckpt, ok, one_line_error, spawn, train, train_injected
 
 EXACT = TINY + ["model.norm=none", "optim.eps=1e-6", "train.steps=8"]
 LOSSES = {"wgan_gp": ["loss.kind=wgan_gp", "loss.n_critic=3"],
-          "ns_r1-lazy": ["loss.kind=ns_r1", "loss.n_critic=3", "loss.gp_every=2", "optim.betas=[0.0,0.99]"]}
+          "ns_r1-lazy": ["loss.kind=ns_r1", "loss.n_critic=3", "loss.gp_every=2", "optim.betas=[0.0,0.99]"],
+          # spectral norm's power iteration runs per forward: each micro-batch starts from the same u, v
+          # (before: 1.0e-2 apart at A=2, 1.3e-5 at W=2)
+          "hinge-spectral_norm": ["loss.kind=hinge", "loss.n_critic=2", "model.spectral_norm=true",
+                                  "optim.betas=[0.0,0.999]"],
+          "wgan_gp-spectral_norm": ["loss.kind=wgan_gp", "loss.n_critic=2", "model.spectral_norm=true"]}
 
 
 def _max_diff(a: dict, b: dict) -> float:
@@ -41,7 +46,8 @@ def test_one_rank_accumulating_equals_two_ranks_equals_one_rank(tmp_path, loss):
 
 
 def test_an_elastic_resume_keeps_the_micro_batch_and_goes_on_where_it_was(tmp_path):
-    args = EXACT[:-1] + ["train.checkpoint_every=4"]
+    # a spectral-norm critic: the resumed run accumulates, and must still update as 2 ranks did
+    args = EXACT[:-1] + ["train.checkpoint_every=4", "model.spectral_norm=true"]
     ok(train(args + ["train.steps=4", f"run.dir={tmp_path}/two_one"], 2))  # micro 8 on 2 ranks
     out = ok(train(args + ["train.steps=8", f"run.dir={tmp_path}/two_one"], 1))[0].out
     assert "per rank 2 micro-batch(es) of 8" in out  # the same memory per rank, accumulation follows W
@@ -102,3 +108,41 @@ def test_each_network_takes_its_own_optimizer_settings_and_a_resume_applies_new_
     state = latest_ckpt(tmp_path)
     assert state["opt_critic"]["param_groups"][0]["lr"] == 3e-4 and state["opt_generator"]["param_groups"][0]["lr"] == 1e-4
     one_line_error(train(TINY + ["optim.critic.lr=2", f"run.dir={tmp_path}/x"])[0], "optim.critic.lr: must be in (0, 1]")
+
+
+def test_micro_batch_auto_probes_on_every_rank_takes_the_smallest_and_leaves_no_trace(tmp_path):
+    # The probe injected on the CPU (tests/workers/inject.py) runs the real trial forwards and
+    # backwards; rank 0's device "holds" 8 images, rank 1's 4. The default BatchNorm generator and
+    # a spectral-norm critic: the probe's forwards must leave their buffers (and the RNG) as they were.
+    args = TINY + ["loss.kind=hinge", "loss.n_critic=2", "model.spectral_norm=true", "train.steps=3",
+                   "train.checkpoint_every=3"]
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    out = ok(train_injected(args + ["train.micro_batch=auto", f"run.dir={tmp_path}/auto"], 2,
+                            env_extra={"GAN_DIST_TEST_PROBE_LIMITS": "8,4", "GAN_DIST_TEST_RECORD": str(rec)}))[0].out
+    probes = [[ln for ln in (rec / f"rank{r}.txt").read_text().splitlines() if ln.startswith("probe")] for r in (0, 1)]
+    assert probes == [["probe 8"], ["probe 8", "probe 4"]]  # every rank probes its own device
+    assert "train.micro_batch=auto: 4 images per forward" in out and "per rank 2 micro-batch(es) of 4" in out
+    ok(train(args + ["train.micro_batch=4", f"run.dir={tmp_path}/given"], 2))
+    auto, given = latest_ckpt(tmp_path / "auto"), latest_ckpt(tmp_path / "given")
+    assert auto["micro_batch"] == given["micro_batch"] == 4
+    assert_same_state(auto, given)  # parameters and buffers (running statistics, u and v): no trace of the probe
+    # an explicit auto on a resume probes again (a requeue onto a smaller GPU): rank 1 now holds 2
+    (rec / "rank0.txt").unlink()
+    (rec / "rank1.txt").unlink()
+    out = ok(train_injected(args + ["train.micro_batch=auto", "train.steps=4", f"run.dir={tmp_path}/auto"], 2,
+                            env_extra={"GAN_DIST_TEST_PROBE_LIMITS": "8,2", "GAN_DIST_TEST_RECORD": str(rec)}))[0].out
+    assert "resuming from" in out and "per rank 4 micro-batch(es) of 2" in out
+
+
+def test_a_checkpoints_micro_batch_that_no_longer_divides_falls_back_in_one_line(tmp_path):
+    # saved micro-batch 8 (batch 16 on 1 rank, A=2); resumed with batch 12: 8 does not divide 12
+    ok(train(TINY + ["train.steps=2", "train.checkpoint_every=2", "train.micro_batch=8", f"run.dir={tmp_path}"]))
+    r = ok(train(TINY + ["train.steps=4", "train.batch_size=12", f"run.dir={tmp_path}"]))[0]
+    assert "the checkpoint's micro-batch of 8 does not divide the 12 images each of 1 rank(s) holds" in r.out
+    assert "per rank 2 micro-batch(es) of 6" in r.out and latest_ckpt(tmp_path)["micro_batch"] == 6
+    ok(train(TINY + ["train.steps=6", "train.micro_batch=8", f"run.dir={tmp_path}/given"]))
+    r = train(TINY + ["train.steps=8", "train.micro_batch=5", f"run.dir={tmp_path}/given"])[0]
+    one_line_error(r, "train.micro_batch: 5 images per forward does not divide the 16")  # the user's own value
+    for bad in ("null", "true", "[8]"):
+        one_line_error(train(TINY + [f"train.micro_batch={bad}", f"run.dir={tmp_path}/x"])[0], "train.micro_batch:")

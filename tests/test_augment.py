@@ -208,3 +208,16 @@ def test_the_warp_differentiates_twice_as_the_penalties_need():
         assert torch.isfinite(ours).all() and ours.abs().sum() > 0
     else:
         assert torch.allclose(ours, native, atol=1e-12)
+
+
+def test_a_resume_lists_what_changed_of_the_augmentation_and_idle_operations_are_said(tmp_path):
+    args = TINY + ["augment.kind=ada", "augment.interval=1", "train.checkpoint_every=2", f"run.dir={tmp_path}"]
+    ok(train(args + ["train.steps=2"]))
+    r = ok(train(args + ["train.steps=4", "augment.policy=translation,saturation", "augment.target=0.7",
+                         "augment.p=0.5"]))[0]
+    changed = r.out.split("changed: ")[1].splitlines()[0]
+    assert "augment.policy '' -> 'translation,saturation'" in changed and "augment.target 0.6 -> 0.7" in changed
+    assert "augment.p=0.5 not applied: the checkpoint's p" in changed
+    # the digits have 1 channel: the saturation named in the policy cannot act, said once
+    assert r.err.count("augment.policy: saturation does nothing to 1-channel images") == 1, r.err
+    assert latest_ckpt(tmp_path)["augment"]["p"] < 0.5  # the checkpoint's p went on

@@ -62,14 +62,17 @@ def test_two_ranks_equal_one_rank_at_the_same_global_batch(tmp_path, loss):
 
 
 def test_after_a_two_rank_run_every_rank_holds_identical_parameters(tmp_path):
-    # With the default generator BatchNorm (per-rank statistics on CPU) and dropout-free critic.
-    args = TINY + ["train.steps=6", f"run.dir={tmp_path}/run"]
+    # With the default generator BatchNorm (per-rank statistics on CPU) and dropout-free critic,
+    # behind DiffAugment (AugmentedCritic holds the DDP critic too).
+    args = TINY + ["train.steps=6", "augment.kind=diffaug", f"run.dir={tmp_path}/run"]
     ok(spawn([sys.executable, WORKER, str(tmp_path), *args], world_size=2))
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
     assert r0["checksums"] == r1["checksums"] and len(r0["checksums"]) == 2
     assert r0["checksums"][0] == r0["checksums"][1]
     assert r0["max_abs_diff"] == 0.0 and r1["max_abs_diff"] == 0.0 and r0["num_params"] > 1000
     assert r0["drift_detected"] and r1["drift_detected"]  # the check fails loudly on every rank
+    # the trainer outlives the process group in gan_dist.fit: no DDP wrapper may (augmented here)
+    assert r0["ddp_alive_after_close"] == r1["ddp_alive_after_close"] == 0
 
 
 def test_frozen_parameters_stay_frozen_on_two_ranks(tmp_path):

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import yaml
 
-from gan_dist.config.schema import Config
+from gan_dist.config.schema import CHOICES, WORDS, Config
 from gan_dist.config.validation import validate
 from gan_dist.errors import UserError
 
@@ -45,7 +45,17 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     elif typ is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-    raise UserError(f"{key}: expected {typ.__name__}, got {value!r}")
+    raise UserError(f"{key}: expected {_expected(key, typ)}, got {value!r}")
+
+
+def _expected(key: str, typ: Any) -> str:
+    """What a key takes, in its own words where a type name says too little (a str key of
+    choices, or of a number or a word)."""
+    if key in WORDS:
+        return WORDS[key]
+    if key in CHOICES:
+        return "one of " + ", ".join(repr(c) for c in CHOICES[key])
+    return typ.__name__
 
 
 def _set(cfg: Config, key: str, value: Any) -> None:

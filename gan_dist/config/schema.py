@@ -185,6 +185,10 @@ CHOICES = {
     "wandb.mode": ("disabled", "offline", "online"),
 }
 
+# str keys that take a number or a word: what their one-line errors say they take
+WORDS = {"train.micro_batch": "0 (batch_size / world size), a positive number of images or auto",
+         "data.num_workers": "a number of workers >= 0 or auto"}
+
 # augment.policy's operations (gan_dist.training.augment applies them), DiffAugment's alias, and
 # each kind's policy when augment.policy is empty.
 AUGMENT_OPERATIONS = ("translation", "scale", "rotation", "cutout", "brightness", "contrast", "saturation", "xflip")

@@ -17,6 +17,7 @@ from gan_dist.config.schema import (
     CHOICES,
     METRIC_DIRECTION,
     RANGES,
+    WORDS,
     Config,
 )
 from gan_dist.errors import UserError
@@ -84,8 +85,7 @@ def validate(cfg: Config) -> Config:
             raise UserError(f"{key}: expected two numbers in [0, 1), got {betas}")
     micro = cfg.train.micro_batch
     if micro != "auto" and not (micro.isdigit() and int(micro) >= 0):
-        raise UserError(f"train.micro_batch: expected 0 (batch_size / world size), a positive number of images or "
-                        f"auto, got {micro!r}")
+        raise UserError(f"train.micro_batch: expected {WORDS['train.micro_batch']}, got {micro!r}")
     if cfg.eval.features.split(":", 1)[0] not in ("digits", "fid_inception", "inception", "torchscript"):
         raise UserError(f"eval.features: unknown {cfg.eval.features!r} "
                         "(digits[:PATH] | fid_inception[:PATH] | inception:PATH | torchscript:PATH)")

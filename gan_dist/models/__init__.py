@@ -47,6 +47,63 @@ def frozen(module: torch.nn.Module):
             p.requires_grad_(flag)
 
 
+def power_iteration_buffers(*modules: nn.Module) -> list[torch.Tensor]:
+    """Spectral norm's u and v (torch.nn.utils.parametrizations.spectral_norm's, and the older
+    hook's weight_u / weight_v): what a training forward changes that does not depend on the
+    data (one power iteration per forward)."""
+    from torch.nn.utils.parametrizations import _SpectralNorm
+    from torch.nn.utils.spectral_norm import SpectralNorm as HookSpectralNorm
+
+    found = []
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, _SpectralNorm):
+                found += [m._u, m._v]
+            for hook in m._forward_pre_hooks.values():
+                if isinstance(hook, HookSpectralNorm):
+                    found += [getattr(m, hook.name + "_u"), getattr(m, hook.name + "_v")]
+    return found
+
+
+class MicroBatchStart:
+    """Every micro-batch of an update starts from the power-iteration state the first one
+    started from (saved at micro-batch 0, restored before each next): A micro-batches then run
+    the iterations and differentiate through the sigmas of one forward of the whole batch, so
+    (W, A) never changes the update. Nothing to do without spectral norm, or with A = 1."""
+
+    def __init__(self, *modules: nn.Module, accumulation: int = 1):
+        self.buffers = power_iteration_buffers(*modules) if accumulation > 1 else []
+        self.saved: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def begin(self, m: int) -> None:
+        if not self.buffers:
+            return
+        if m == 0:
+            self.saved = [b.clone() for b in self.buffers]
+        else:
+            for b, s in zip(self.buffers, self.saved):
+                b.copy_(s)
+
+
+@contextmanager
+def unchanged(*modules: nn.Module):
+    """Forwards and backwards inside leave no trace on the modules: their buffers (BatchNorm's
+    statistics, spectral norm's u and v) restored, gradients cleared, the RNG state kept."""
+    buffers = [b for m in modules for b in m.buffers()]
+    saved = [b.detach().clone() for b in buffers]
+    devices = sorted({b.device.index for b in buffers if b.is_cuda})
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        with torch.no_grad():
+            for b, s in zip(buffers, saved):
+                b.copy_(s)
+        for m in modules:
+            m.zero_grad(set_to_none=True)
+
+
 def with_spectral_norm(critic: nn.Module) -> nn.Module:
     """Spectral normalization (Miyato et al. 2018) of every conv and linear layer. Its power
     iteration runs in each forward from the weights alone, so it stays the same on every rank."""

@@ -208,6 +208,29 @@ class Augment:
         self.counts = counts if self.world.is_main else torch.zeros_like(counts)
 
 
+def idle_operations(cfg, channels: int) -> list[str]:
+    """The lines for operations augment.policy names that cannot act on this data: saturation of
+    1-channel images (the mean over one channel is the image itself). Skipped, said once."""
+    named = {n.strip() for n in cfg.augment.policy.split(",")}
+    if cfg.augment.kind != "none" and "saturation" in named and channels == 1:
+        return ["augment.policy: saturation does nothing to 1-channel images: the other operations apply"]
+    return []
+
+
+def resume_changes(state: dict, cfg) -> list[str]:
+    """What a resume changes of the augmentation (its "changed:" entries): augment.kind, policy
+    and target against the checkpoint's config, and an augment.p the checkpoint's p overrides."""
+    from gan_dist.config import Config, is_set
+
+    saved, default = state["config"].get("augment", {}), Config().augment
+    changes = [f"augment.{key} {saved.get(key, getattr(default, key))!r} -> {getattr(cfg.augment, key)!r}"
+               for key in ("kind", "policy", "target") if saved.get(key, getattr(default, key)) != getattr(cfg.augment, key)]
+    if is_set(cfg, "augment.p") and "augment" in state and cfg.augment.kind == "ada":
+        changes.append(f"augment.p={cfg.augment.p:g} not applied: the checkpoint's p "
+                       f"{float(state['augment']['p']):.4g} goes on (ADA tunes it)")
+    return changes
+
+
 class AugmentedCritic(nn.Module):
     """critic(augment(x)): what the loss trains and the generator learns through."""
 

@@ -1,6 +1,7 @@
 """What a run trains, built the same on every rank: the two networks on the device (seeded,
-SyncBatchNorm across CUDA ranks, the contract checked, rank 0's weights broadcast,
-channels_last), the device's speed switches, the optimizers, and the compiled wrappers."""
+the contract checked, rank 0's weights broadcast, channels_last; SyncBatchNorm across CUDA
+ranks once the micro-batch probe has run), the device's speed switches, the micro-batch probe,
+the optimizers, and the compiled wrappers."""
 from __future__ import annotations
 
 import os
@@ -17,12 +18,11 @@ from gan_dist.models import build_models, check_contract, check_fits
 
 def networks(cfg: Config, info: DataInfo, world: World, factory: Optional[Callable], per_forward: int):
     """(generator, critic) on world.device, identical on every rank; refused at start-up when
-    `per_forward` images per forward cannot fit (models.check_fits)."""
+    `per_forward` images per forward cannot fit (models.check_fits). BatchNorm stays local here:
+    sync_batch_norm converts it after the probe."""
     check_fits(cfg, info, per_forward, world.device, factory)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and for any W
     generator, critic = build_models(cfg, info, factory)
-    if world.distributed and world.device.type == "cuda":  # batch statistics over all ranks
-        generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(generator)
     generator, critic = generator.to(world.device), critic.to(world.device)
     check_contract(generator, critic, info, cfg.model.kind, world.device)
     for net in (generator, critic):  # identical weights even if a factory's RNG is not ours
@@ -31,6 +31,14 @@ def networks(cfg: Config, info: DataInfo, world: World, factory: Optional[Callab
         generator.to(memory_format=torch.channels_last)
         critic.to(memory_format=torch.channels_last)
     return generator, critic
+
+
+def sync_batch_norm(generator: torch.nn.Module, world: World) -> torch.nn.Module:
+    """The generator's BatchNorm as SyncBatchNorm across CUDA ranks: batch statistics over the
+    global batch (CPU ranks keep per-rank statistics: DDP refuses SyncBatchNorm there)."""
+    if world.distributed and world.device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(generator)
+    return generator
 
 
 def device_switches(cfg: Config, world: World) -> dict:
@@ -78,13 +86,29 @@ def per_forward(cfg: Config, world: World, saved: Optional[int]) -> int:
     return min(micro, local)
 
 
-def fits(cfg: Config, world: World, loss, generator: torch.nn.Module, critic: torch.nn.Module, autocast: dict):
-    """train.micro_batch=auto on CUDA: fits(n) runs one critic update (penalty included) and one
-    generator update on n random images on the device, and says whether they stayed within the
-    free memory, with 15% headroom; None elsewhere (the CPU keeps batch_size / W)."""
+def trial(n: int, loss, generator: torch.nn.Module, critic: torch.nn.Module, autocast: dict) -> None:
+    """One critic update (penalty included) and one generator update's forwards and backwards on
+    n random images: what a micro-batch of n costs. Run inside models.unchanged."""
+    device, k = next(generator.parameters()).device, generator.num_classes
+    z = torch.randn(n, generator.z_dim, device=device)
+    onehot = torch.eye(k, device=device)[torch.arange(n, device=device) % k] if k else None
+    with torch.autocast(**autocast):
+        real = generator(z, onehot).detach().float()
+        c_loss, _ = loss.critic_loss(critic, real, real.flip(0), onehot, torch.rand(n, 1, 1, 1, device=device))
+    c_loss.backward()
+    with torch.autocast(**autocast):
+        g_loss = loss.generator_loss(critic, generator(z, onehot), onehot)
+    g_loss.backward()
+
+
+def probe(cfg: Config, world: World, loss, generator: torch.nn.Module, critic: torch.nn.Module, autocast: dict):
+    """train.micro_batch=auto on CUDA: fits(n) runs trial(n) and says whether it stayed within
+    the free memory, with 15% headroom; None elsewhere (the CPU keeps batch_size / W). Every rank
+    runs it on its own GPU, before SyncBatchNorm (no collective inside), the networks left
+    unchanged (layout.resolve)."""
     if world.device.type != "cuda" or cfg.train.micro_batch != "auto":
         return None
-    device, k = world.device, generator.num_classes
+    device = world.device
 
     def fits_n(n: int) -> bool:
         torch.cuda.empty_cache()
@@ -92,15 +116,7 @@ def fits(cfg: Config, world: World, loss, generator: torch.nn.Module, critic: to
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         try:
-            z = torch.randn(n, generator.z_dim, device=device)
-            onehot = torch.eye(k, device=device)[torch.arange(n, device=device) % k] if k else None
-            with torch.autocast(**autocast):
-                real = generator(z, onehot).detach().float()
-                c_loss, _ = loss.critic_loss(critic, real, real.flip(0), onehot, torch.rand(n, 1, 1, 1, device=device))
-            c_loss.backward()
-            with torch.autocast(**autocast):
-                g_loss = loss.generator_loss(critic, generator(z, onehot), onehot)
-            g_loss.backward()
+            trial(n, loss, generator, critic, autocast)
             torch.cuda.synchronize(device)
             return torch.cuda.max_memory_allocated(device) - base < 0.85 * free
         except torch.cuda.OutOfMemoryError:

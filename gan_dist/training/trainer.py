@@ -23,13 +23,13 @@ from gan_dist.distributed import World, check_consistency
 from gan_dist.distributed.preemption import Preemption
 from gan_dist.distributed.seeding import draw, mix_seed
 from gan_dist.errors import UserError
-from gan_dist.models import frozen
+from gan_dist.models import MicroBatchStart, frozen, unchanged
 from gan_dist.quality import evaluation
 from gan_dist.runs import checkpoint, clock, samples
 from gan_dist.runs.best import BEST, Best
 from gan_dist.runs.run_dir import RunDir
 from gan_dist.runs.tracking import Tracker
-from gan_dist.training import build, layout
+from gan_dist.training import augment, build, layout
 from gan_dist.training.augment import Augment, AugmentedCritic
 from gan_dist.training.divergence import Monitor
 from gan_dist.training.ema import EMA
@@ -78,8 +78,13 @@ class Trainer:
         self.generator, self.critic = build.networks(cfg, self.info, world, models,
                                                      build.per_forward(cfg, world, saved))
         self.loss = build_loss(cfg.loss)
-        probe = build.fits(cfg, world, self.loss, self.generator, self.critic, self.autocast)
-        self.layout, notes = layout.resolve(cfg, world, saved, probe)
+        # train.micro_batch=auto: every rank probes its own device on its networks, left as they were
+        with unchanged(self.generator, self.critic):
+            self.layout, notes = layout.resolve(cfg, world, saved, build.probe(cfg, world, self.loss, self.generator,
+                                                                              self.critic, self.autocast))
+        self.generator = build.sync_batch_norm(self.generator, world)
+        # spectral norm: each micro-batch of an update starts from the power iteration's same state
+        self.micro_start = MicroBatchStart(self.generator, self.critic, accumulation=self.layout.accumulation)
         self.opt_g, self.opt_c = build.optimizers(cfg, self.generator, self.critic)
         self.num_classes = self.generator.num_classes
         self.batches_per_step = 1 if cfg.loss.reuse_batch else cfg.loss.n_critic
@@ -111,6 +116,8 @@ class Trainer:
         if world.is_main:
             for line in notes:
                 print(line, flush=True)
+            for line in augment.idle_operations(cfg, self.info.channels):
+                logging.getLogger("gan_dist").warning(line)
             for line in build.layout_change(found, self.layout, self.generator):
                 logging.getLogger("gan_dist").warning(line)
         self.generator_ddp, self.critic_ddp = build.wrapped(cfg, world, self.loss, self.generator, self.critic)
@@ -121,10 +128,12 @@ class Trainer:
             (AugmentedCritic(self.critic_ddp, self.augment), AugmentedCritic(self.critic, self.augment)))
 
     def close(self) -> None:
-        """Drop the DDP wrappers before the process group goes: a DDP reducer destroyed
-        after destroy_process_group can abort the process (gloo, seen as exit -6). Stop the
-        data workers; let go of run.dir."""
-        self.generator_ddp, self.critic_ddp = self.generator, self.critic
+        """Drop every reference to the DDP wrappers before the process group goes (the trainer
+        may outlive it, as in gan_dist.fit): a DDP reducer destroyed after destroy_process_group
+        can abort the process (gloo, seen as exit -6). Stop the data workers; let go of run.dir."""
+        if hasattr(self, "critic_ddp"):
+            self.generator_ddp, self.critic_ddp = self.generator, self.critic
+            self.critic_phase_critic = self.generator_phase_critic = None
         if hasattr(self, "stream"):
             self.stream.close()
         gc.collect()
@@ -139,7 +148,8 @@ class Trainer:
                 self.run_dir.write_config(dump(cfg))
             return
         state, path = found
-        changes = checkpoint.check_compatible(state, cfg, path, self.fingerprint) + self._load(state, path)
+        changes = checkpoint.check_compatible(state, cfg, path, self.fingerprint) + self._load(state, path) + \
+            augment.resume_changes(state, cfg)
         self.wandb_run_id = str(state.get("wandb_run_id", ""))
         if self.world.is_main:
             print(f"resuming from {path} (step {self.step})" + (f"; changed: {', '.join(changes)}" if changes else ""),
@@ -210,6 +220,7 @@ class Trainer:
             z, _, alpha = self._draw(step, f"critic{i}")
             self.opt_c.zero_grad(set_to_none=True)
             for m, part in enumerate(micro_batches(a, mb)):
+                self.micro_start.begin(m)
                 oh = None if onehot is None else onehot[part]
                 with torch.no_grad(), torch.autocast(**self.autocast):  # no generator graph, no all-reduce
                     fake = self.generator(z[part], oh).float()
@@ -229,6 +240,7 @@ class Trainer:
         self.opt_g.zero_grad(set_to_none=True)
         with frozen(self.critic):  # the bare critic: no critic all-reduce in this phase
             for m, part in enumerate(micro_batches(a, mb)):
+                self.micro_start.begin(m)  # the frozen critic is in training mode: its power iteration runs
                 oh = None if onehot is None else onehot[part]
                 if self.augment is not None:
                     self.augment.begin(step, "generator", part)

@@ -1,5 +1,8 @@
 """Run on each rank: train, then all-gather every parameter and the checksum; then perturb
-rank 1 and check that check_consistency catches it. Writes OUT/rank{r}.json."""
+rank 1 and check that check_consistency catches it; close the trainer, and count the DDP
+wrappers still alive while it is referenced (none may outlive the process group). Writes
+OUT/rank{r}.json."""
+import gc
 import json
 import sys
 from pathlib import Path
@@ -29,8 +32,10 @@ try:
     detected = False
 except RuntimeError:
     detected = True
+trainer.close()
+gc.collect()
+ddp_alive = sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())
 (out / f"rank{world.rank}.json").write_text(json.dumps({
     "checksums": checksums, "max_abs_diff": max(float((g - params).abs().max()) for g in gathered),
-    "num_params": params.numel(), "drift_detected": detected}))
-trainer.close()
+    "num_params": params.numel(), "drift_detected": detected, "ddp_alive_after_close": ddp_alive}))
 distributed.teardown()

@@ -19,6 +19,9 @@ GAN_DIST_TEST_HIDE=R1,R2:NAME         on these ranks no file called NAME exists 
     a hub cache another node filled)
 GAN_DIST_TEST_SAVE_FAULT=unlink|pickle  on rank 0: removing an old checkpoint raises PermissionError,
     or torch.save raises a TypeError (not an OSError) for step checkpoints
+GAN_DIST_TEST_PROBE_LIMITS=L0,L1       train.micro_batch=auto's probe on the CPU: rank r's device "holds" a
+    micro-batch of n when n <= Lr; each trial runs build.trial (the real forwards and backwards)
+    and, with GAN_DIST_TEST_RECORD, records "probe N"
 GAN_DIST_TEST_RECORD=DIR               each rank appends to DIR/rank{r}.txt what it did:
     "download" for each Fashion-MNIST download it ran (a fake one: writes IDX files after
     a second, so two concurrent downloads would overlap), "real N" for the real images it
@@ -176,6 +179,21 @@ if os.environ.get("GAN_DIST_TEST_SAVE_FAULT") and RANK == 0:
             return save(obj, f, *args, **kwargs)
 
         checkpoint.torch.save = failing_save
+
+if os.environ.get("GAN_DIST_TEST_PROBE_LIMITS"):
+    from gan_dist.training import build
+
+    limit = int(os.environ["GAN_DIST_TEST_PROBE_LIMITS"].split(",")[RANK])
+
+    def cpu_probe(cfg, world, loss, generator, critic, autocast):
+        def fits(n):
+            build.trial(n, loss, generator, critic, autocast)
+            if os.environ.get("GAN_DIST_TEST_RECORD"):
+                record(f"probe {n}")
+            return n <= limit
+        return fits if cfg.train.micro_batch == "auto" else None
+
+    build.probe = cpu_probe
 
 if os.environ.get("GAN_DIST_TEST_RECORD"):
     from torchvision import datasets
