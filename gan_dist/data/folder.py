@@ -26,27 +26,45 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 
 from gan_dist.config import Config
 from gan_dist.data.datasets import DataInfo
-from gan_dist.data.images import center_crop, to_tensor
-from gan_dist.errors import UserError, first_line
+from gan_dist.data.images import Skips, ToItem, center_crop, load_image
+from gan_dist.errors import UserError
 
 log = logging.getLogger("gan_dist")
 CACHE_VERSION = 1
 
 
-def scan(root: Path) -> dict:
+def _images_in(files: list[str]) -> list[str]:
+    return [f for f in sorted(files) if has_file_allowed_extension(f, IMG_EXTENSIONS) and not f.startswith("._")]
+
+
+def scan(root: Path, say=log.warning) -> dict:
     """What torchvision's ImageFolder lists (find_classes, make_dataset: the same order), and
-    every folder it walked with its modification time."""
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-    if not classes:
+    every folder it walked with its modification time. As torchvision: the classes are the
+    subfolders, files at the top level are not read (said once, here); a class folder without
+    an image is not a class (said; torchvision refuses it); macOS's ._ files are no images."""
+    top = os.listdir(root)
+    candidates = sorted(e for e in top if (root / e).is_dir() and e != "__MACOSX")
+    if not candidates:
         raise UserError(f"data.root: {root} has no subfolders (expected one subfolder of images per class)")
-    samples, folders = [], {".": os.stat(root).st_mtime_ns}
-    for index, name in enumerate(classes):
+    stray = _images_in([e for e in top if (root / e).is_file()])
+    if stray:
+        say(f"{root}: {len(stray)} image(s) at the top level ({stray[0]}, ...) are not read: the classes are the "
+            "subfolders (as torchvision's ImageFolder)")
+    classes, samples, folders, empty = [], [], {".": os.stat(root).st_mtime_ns}, []
+    for name in candidates:
+        found = []
         for where, _, files in sorted(os.walk(root / name, followlinks=True)):
             folders[os.path.relpath(where, root)] = os.stat(where).st_mtime_ns
-            samples += [[os.path.relpath(os.path.join(where, f), root), index] for f in sorted(files)
-                        if has_file_allowed_extension(f, IMG_EXTENSIONS)]
+            found += [os.path.relpath(os.path.join(where, f), root) for f in _images_in(files)]
+        if not found:
+            empty.append(name)
+            continue
+        samples += [[rel, len(classes)] for rel in found]
+        classes.append(name)
     if not samples:
         raise UserError(f"data.root: no images in the class folders of {root} (extensions: {', '.join(IMG_EXTENSIONS)})")
+    if empty:
+        say(f"{root}: class folder(s) {', '.join(empty)} hold no image: not classes ({len(classes)} classes)")
     return {"version": CACHE_VERSION, "root": str(root), "classes": classes, "samples": samples, "folders": folders}
 
 
@@ -88,12 +106,11 @@ class SkippingImageFolder(datasets.ImageFolder):
     the index only, so every rank and every world size makes the same replacement."""
 
     MAX_CONSECUTIVE = 100
-    _warned: set = set()
     file_backed = True  # data.num_workers=auto gives it loader workers
 
     def __init__(self, root: Path, found: dict, transform):
         self._found = found
-        super().__init__(str(root), transform=transform)
+        super().__init__(str(root), transform=transform, loader=load_image)
 
     def find_classes(self, directory):
         classes = list(self._found["classes"])
@@ -108,14 +125,15 @@ class SkippingImageFolder(datasets.ImageFolder):
             try:
                 return super().__getitem__(i)
             except Exception as e:  # PIL: UnidentifiedImageError, "image file is truncated", decompression bombs
-                self._warn(self.samples[i][0], e)
+                self._skips.skip(self.samples[i][0], e)
         raise UserError(f"data.root: {self.MAX_CONSECUTIVE} images in a row do not decode "
                         f"(from {self.samples[index][0]}); is {self.root} an image folder?")
 
-    def _warn(self, path: str, error: Exception) -> None:
-        if path not in self._warned:
-            self._warned.add(path)
-            log.warning("skipping unreadable image %s (%s); the next image takes its place", path, first_line(error))
+    @property
+    def _skips(self) -> Skips:
+        if not hasattr(self, "_skip_log"):
+            self._skip_log = Skips("unreadable image")
+        return self._skip_log
 
 
 def image_folder(cfg: Config):
@@ -129,5 +147,5 @@ def image_folder(cfg: Config):
         found = listing(root, Path(cfg.run.dir))
     except OSError as e:
         raise UserError(f"data.root: cannot list {root} ({e.strerror or e})") from None
-    ds = SkippingImageFolder(root, found, transform=lambda img: to_tensor(crop(img), c))
+    ds = SkippingImageFolder(root, found, transform=ToItem(crop, c))
     return ds, DataInfo(len(ds.classes), c, size)

@@ -16,29 +16,77 @@ from PIL import Image
 # which every rank of a run on an in-memory dataset would pay for nothing.
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff", ".gif")
+GRAYSCALE_MODES = ("1", "L", "LA", "La", "I", "F") + tuple(m for m in Image.MODES if m.startswith("I;16"))
 
 
 def is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
+    """An image file by its name; not macOS's resource forks (._NAME, __MACOSX/), which every
+    image tool ignores."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not base.startswith("._") and "__MACOSX/" not in name
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """The image at 8 bits per channel, its values scaled, not clipped (PIL's convert clips a
+    16-bit image to 0/255): 16-bit (I;16*), 32-bit integer (I: how PIL opens some 16-bit PNGs)
+    and float (F: [0, 1], [0, 255] or 16-bit) grayscale become L; a palette with transparency
+    goes through RGBA (PIL warns otherwise); the rest (LA, CMYK, ...) stays for convert."""
+    if img.mode in ("L", "RGB"):
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        import numpy as np
+
+        a = np.asarray(img, dtype=np.float64)
+        peak = float(a.max()) if a.size else 0.0
+        top = 1.0 if img.mode == "F" and peak <= 1.0 else 255.0 if peak <= 255 and not img.mode.startswith("I;16") \
+            else 65535.0
+        return Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P":
+        return img.convert("RGBA" if "transparency" in img.info else "RGB")
+    return img
+
+
+def load_image(path) -> Image.Image:
+    """data.name=image_folder's loader (torchvision's, every image RGB) at 8 bits per channel."""
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        img.load()
+    return to_8bit(img).convert("RGB")
+
+
+def _as_it_is(img: Image.Image) -> Image.Image:
+    return img
 
 
 def center_crop(size: Optional[int], channels: int) -> Callable[[Image.Image], Image.Image]:
     """data.name=image_folder's transform of a PIL image: grayscale when channels=1, the short
     side resized to `size` (antialiased bilinear), then the center size x size square (None:
-    the image as it is)."""
+    the image as it is). Picklable (workers under spawn and forkserver receive it)."""
     from torchvision import transforms
 
     steps = [transforms.Grayscale(1)] if channels == 1 else []
     if size is not None:
         steps += [transforms.Resize(size, antialias=True), transforms.CenterCrop(size)]
-    return transforms.Compose(steps) if steps else (lambda img: img)
+    return transforms.Compose(steps) if steps else _as_it_is
+
+
+class ToItem:
+    """crop, then uint8 [C, H, W] (to_tensor): an ImageFolder item's transform, picklable."""
+
+    def __init__(self, crop: Callable, channels: int):
+        self.crop, self.channels = crop, channels
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        return to_tensor(self.crop(img), self.channels)
 
 
 def to_tensor(img: Image.Image, channels: int) -> torch.Tensor:
-    """uint8 [C, H, W]; a grayscale image of an RGB run becomes RGB, and the reverse."""
+    """uint8 [C, H, W]; a grayscale image of an RGB run becomes RGB, and the reverse; other
+    depths scaled to 8 bits (to_8bit), alpha dropped."""
     from torchvision import transforms
 
     mode = "L" if channels == 1 else "RGB"
+    img = to_8bit(img)
     return transforms.functional.pil_to_tensor(img if img.mode == mode else img.convert(mode))
 
 
@@ -52,7 +100,10 @@ def decode(data: torch.Tensor, channels: int) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
-            return decode_image(data, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+            image = decode_image(data, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+            if image.dtype == torch.uint16:  # a 16-bit PNG: scaled to 8 bits, rounded as to_8bit rounds
+                image = ((image.to(torch.int32) * 255 + 32767) // 65535).to(torch.uint8)
+            return image
         except RuntimeError:
             pass
     return to_tensor(Image.open(io.BytesIO(data.numpy().tobytes())), channels)
@@ -64,3 +115,28 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
     if images.dtype == torch.uint8:
         return images.float().div_(127.5).sub_(1.0)
     return images
+
+
+class Skips:
+    """The images a reader skipped: the first few named in a warning each, then counted only (a
+    broken folder or a zip full of bad members is one warning each for the first, not a flood)."""
+    NAMED = 5
+
+    def __init__(self, what: str, then: str = "the next image takes its place"):
+        self.what, self.then, self.seen = what, then, set()
+
+    def skip(self, name: str, error) -> None:
+        """Said once per name; error: the exception, or the reason as text."""
+        import logging
+
+        from gan_dist.errors import first_line
+
+        if name in self.seen:
+            return
+        self.seen.add(name)
+        log = logging.getLogger("gan_dist")
+        if len(self.seen) <= self.NAMED:
+            log.warning("skipping %s%s (%s); %s", self.what and self.what + " ", name,
+                        error if isinstance(error, str) else first_line(error), self.then)
+        if len(self.seen) == self.NAMED:
+            log.warning("more than %d of them: further ones are skipped without a line each (this process)", self.NAMED)
