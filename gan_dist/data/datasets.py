@@ -186,9 +186,11 @@ def build_dataset(cfg: Config, world: Optional[World] = None, factory: Optional[
                 result = check_dataset(factory(cfg), cfg)
             except UserError as e:
                 error = str(e)
-            except Exception as e:  # a user's factory: its traceback here, one line on every rank
-                log.exception("the dataset factory %s failed", cfg.data.name)
-                error = f"data.name={cfg.data.name}: the factory raised {first_line(e)}"
+            except Exception as e:  # its traceback here, one line on every rank
+                own = cfg.data.name not in registry.DATASETS
+                log.exception("%s %s failed", "the dataset factory" if own else "the built-in dataset", cfg.data.name)
+                error = (f"data.name={cfg.data.name}: " + ("the factory raised " if own else "reading data.root failed: ")
+                         + first_line(e))
         raise_if_any(error, world)  # also the barrier between the turns
     return result
 
@@ -234,11 +236,15 @@ def check_dataset(result, cfg: Config) -> tuple[Dataset, DataInfo]:
     return ds, info
 
 
+PIXEL_SAMPLE = 64  # items whose pixels the fingerprint hashes: spread over the dataset, never a pass over all
+
+
 def fingerprint(dataset: Dataset, info: DataInfo) -> dict:
-    """What identifies a dataset across resumes: count, image size, channels, classes and the
+    """What identifies a dataset across resumes: count, image size, channels, classes, the
     labels in order (hashed; None where the dataset does not say them without loading every
-    item). A resume may switch data.name (an ImageFolder and the zip made from it) when these
-    agree."""
+    item) and the pixels of PIXEL_SAMPLE items spread over it (hashed: what the channel
+    conversion, the resize and their order made of them). A resume may switch data.name (an
+    ImageFolder and the zip made from it) only when all of these agree."""
     labels = getattr(dataset, "targets", None)
     if labels is None and isinstance(dataset, TensorDataset) and len(dataset.tensors) > 1:
         labels = dataset.tensors[1]
@@ -247,4 +253,19 @@ def fingerprint(dataset: Dataset, info: DataInfo) -> dict:
         digest = hashlib.sha256(torch.as_tensor(list(labels) if not isinstance(labels, torch.Tensor) else labels,
                                                 dtype=torch.int64).numpy().tobytes()).hexdigest()[:16]
     return {"count": len(dataset), "image_size": info.image_size, "channels": info.channels,
-            "num_classes": info.num_classes, "labels": digest}
+            "num_classes": info.num_classes, "labels": digest, "pixels": pixel_digest(dataset)}
+
+
+def pixel_digest(dataset: Dataset) -> Optional[str]:
+    """A hash of PIXEL_SAMPLE items' images (dtype, shape, bytes), or None when one cannot be read."""
+    n = len(dataset)
+    h = hashlib.sha256()
+    try:
+        for i in sorted({k * n // PIXEL_SAMPLE for k in range(min(PIXEL_SAMPLE, n))}):
+            item = dataset[i]
+            image = torch.as_tensor(item[0] if isinstance(item, (tuple, list)) else item).detach().cpu().contiguous()
+            h.update(f"{image.dtype}{tuple(image.shape)}".encode())
+            h.update(image.view(torch.uint8).numpy().tobytes() if image.dtype != torch.uint8 else image.numpy().tobytes())
+    except Exception:  # noqa: BLE001 (a dataset that cannot be sampled: not compared)
+        return None
+    return h.hexdigest()[:16]

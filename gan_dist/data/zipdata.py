@@ -5,12 +5,14 @@ own tool writes the same): members 00000/img00000000.png, ... in sorted order, a
 
 One file instead of 100,000 on a network filesystem: the member list and every member's
 offset come from the zip's central directory, read once per rank at start-up (no directory
-scan); each process opens the file once (reopened after a fork, never pickled) and reads a
-member with one positioned read (os.pread, no zipfile object per worker). The image size and
-channels are the zip's (data.image_size / data.channels left unset take them; set to other
-values, one line). Items are uint8 [C, S, S]; a member that does not decode, or has another
-size, is skipped with a warning naming it (the next one takes its place, the same on every
-rank). With data.decode=device the loader delivers the members' bytes (Encoded) and the loop
+scan) through the one descriptor every read then uses (os.pread, stateless: forked workers
+share it; spawned ones reopen and check the file is the one listed). The image size and
+channels are the zip's: dataset.json's "image_size" and "channels" where it says them (gan_dist's
+tool writes them), else the majority of a sample of members (data.image_size / data.channels
+left unset take them; set to other values, one line). Items are uint8 [C, S, S], 16-bit members
+scaled to 8 bits; a member that does not decode, or has another size, is skipped with a warning
+naming it (the first few; the next one takes its place, the same on every rank); macOS's
+__MACOSX/ and ._ members are not images. With data.decode=device the loader delivers the members' bytes (Encoded) and the loop
 decodes each batch on the device (torchvision.io.decode_jpeg on CUDA; on the CPU the same
 path runs, tested)."""
 from __future__ import annotations
@@ -31,17 +33,34 @@ from torch.utils.data import Dataset
 
 from gan_dist.config import Config, is_set
 from gan_dist.data.datasets import DataInfo
-from gan_dist.data.images import decode, is_image
+from gan_dist.data.images import GRAYSCALE_MODES, Skips, decode, is_image
 from gan_dist.errors import UserError, first_line
 
 log = logging.getLogger("gan_dist")
 META = "dataset.json"
 
 
+def parse_meta(raw: bytes, where: str) -> dict:
+    """A dataset.json's content as the mapping it must be, or one line naming the file and what
+    is wrong with it (not UTF-8, not JSON, not an object)."""
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{where}: dataset.json is not UTF-8 text (byte {e.start})") from None
+    except ValueError as e:
+        raise UserError(f"{where}: dataset.json is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{where}: dataset.json holds a JSON {type(meta).__name__}, not an object "
+                        '({"labels": [[file name, label], ...] or null})')
+    return meta
+
+
 def read_labels(meta: Optional[dict], names: list[str], where: str) -> tuple[Optional[list[int]], list[str]]:
     """(a class per image, in `names` order, or None: unconditional; class names) from a
     dataset.json: {"labels": [[name, label], ...] or null, "class_names": [...] (optional)}.
-    A one-hot vector counts as its class; other vectors are refused (class labels only)."""
+    A one-hot vector counts as its class; other vectors are refused (class labels only). The
+    class names, when given, are strings, one per class at least; without them, classes that no
+    image has (a typo such as 1000 among 0-9 makes a 1001-class model) are said in one warning."""
     if not meta or meta.get("labels") is None:
         return None, []
     try:
@@ -60,45 +79,101 @@ def read_labels(meta: Optional[dict], names: list[str], where: str) -> tuple[Opt
             raise UserError(f"{where}: the label of {n} is {v!r}; gan_dist takes class labels (an int >= 0, "
                             "or a one-hot list)")
         labels.append(v)
-    return labels, [str(c) for c in meta.get("class_names") or []]
+    classes = meta.get("class_names") or []
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise UserError(f"{where}: dataset.json's class_names must be a list of strings, got {classes!r:.80}")
+    count = max(labels) + 1 if labels else 0
+    if classes and len(classes) < count:
+        raise UserError(f"{where}: dataset.json names {len(classes)} classes but its labels go up to {count - 1}")
+    unused = sorted(set(range(count)) - set(labels))
+    if unused and not classes:  # named classes may lack images (a subset); unnamed gaps look like typos
+        log.warning("%s: the labels leave %d of the classes 0-%d without an image (%s%s): the model gets %d classes "
+                    "all the same (a typo in dataset.json?)", where, len(unused), count - 1,
+                    ", ".join(map(str, unused[:5])), ", ..." if len(unused) > 5 else "", max(count, len(classes)))
+    return labels, classes
 
 
 class ZipImages(Dataset):
     MAX_CONSECUTIVE = 100
     file_backed = True  # data.num_workers=auto gives it loader workers
 
+    SAMPLE = 16  # members decoded at start-up when dataset.json does not say the size and channels
+
     def __init__(self, path: Path, channels: Optional[int] = None):
         self.path = Path(path)
-        self._fd, self._pid, self._warned = None, None, set()
+        self._skips = Skips("")
+        # One descriptor for the listing and every read (pread is stateless; forked workers share
+        # it), and the file's identity: a process that must reopen (spawn) sees a replaced zip.
+        self._fd, self._pid = None, os.getpid()
         try:
-            with zipfile.ZipFile(self.path) as z:
+            self._fd = os.open(self.path, os.O_RDONLY)
+            st = os.fstat(self._fd)
+            self._identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            with zipfile.ZipFile(os.fdopen(os.dup(self._fd), "rb")) as z:
                 infos = {i.filename: i for i in z.infolist()}
-                meta = json.loads(z.read(META)) if META in infos else None
+                raw = z.read(META) if META in infos else None
         except (OSError, zipfile.BadZipFile, ValueError) as e:
             raise UserError(f"data.root: {self.path} is not a readable zip of images ({first_line(e)})") from None
-        self.names = sorted(n for n in infos if is_image(n))
+        where = f"data.root: {self.path}"
+        meta = parse_meta(raw, where) if raw is not None else None
+        self.names = sorted(n for n in infos if is_image(n))  # macOS's __MACOSX/ and ._ members are none
         if not self.names:
-            raise UserError(f"data.root: {self.path} holds no images")
+            raise UserError(f"{where} holds no images")
         # (offset of the local header, stored size, compression) per image: one positioned read each
         self._where = [(infos[n].header_offset, infos[n].compress_size, infos[n].compress_type) for n in self.names]
-        labels, self.classes = read_labels(meta, self.names, f"data.root: {self.path}")
+        labels, self.classes = read_labels(meta, self.names, where)
         self.targets = labels if labels is not None else [0] * len(self.names)
         self.num_classes = max(len(self.classes), max(self.targets) + 1) if labels is not None else 0
-        with Image.open(io.BytesIO(self._bytes(0).numpy().tobytes())) as first:  # as stored: L, LA, RGB, ...
-            self.channels = channels or (1 if first.mode in ("1", "L", "LA", "I", "I;16", "F") else 3)
-        first = decode(self._bytes(0), self.channels)
-        self.size = int(first.shape[-1])
-        if first.shape[-2] != first.shape[-1]:
-            raise UserError(f"data.root: {self.path}: {self.names[0]} is {first.shape[-1]}x{first.shape[-2]}; "
-                            "images must be square (make the zip with python -m gan_dist.dataset_tool --resolution N)")
+        own_size, own_channels = self._shape(meta or {}, where)
+        if channels is not None and channels != own_channels:
+            raise UserError(f"data.channels={channels}, but {self.path} holds {own_channels}-channel images: leave "
+                            "data.channels unset or make the zip again (python -m gan_dist.dataset_tool --channels "
+                            f"{channels})")
+        self.size, self.channels = own_size, own_channels
+
+    def _shape(self, meta: dict, where: str) -> tuple[int, int]:
+        """(size, channels) of the zip's images: what dataset.json says (gan_dist's tool writes
+        them), else the majority of a sample of members spread over the zip (the outliers named;
+        they are skipped when read). Members that do not decode are left out of the vote."""
+        size, channels = meta.get("image_size"), meta.get("channels")
+        if isinstance(size, int) and size > 0 and channels in (1, 3):
+            return size, channels
+        votes: dict = {}
+        step = max(1, len(self.names) // self.SAMPLE)
+        sample = sorted(set(range(min(4, len(self.names)))) | set(range(0, len(self.names), step)))  # the first too
+        for i in sample:
+            try:
+                with Image.open(io.BytesIO(self._bytes(i).numpy().tobytes())) as img:  # as stored: L, LA, RGB...
+                    key = (img.width, img.height, 1 if img.mode in GRAYSCALE_MODES else 3)
+            except Exception:  # noqa: BLE001 (a bad member: the reads skip it, the vote leaves it out)
+                continue
+            votes.setdefault(key, []).append(self.names[i])
+        if not votes:
+            raise UserError(f"{where}: none of the {len(sample)} members sampled decodes "
+                            f"({self.names[0]}, ...): is it a zip of images?")
+        (width, height, channels), _ = max(votes.items(), key=lambda kv: len(kv[1]))
+        if width != height:
+            raise UserError(f"{where}: its images are {width}x{height}; images must be square (make the zip with "
+                            "python -m gan_dist.dataset_tool --resolution N)")
+        outliers = [n for key, names in votes.items() if key[:2] != (width, height) for n in names]
+        if outliers:
+            log.warning("%s: images are %dx%d, but %s (and maybe more) are not: they are skipped", where, width,
+                        height, ", ".join(outliers[:3]))
+        return width, channels
 
     def __len__(self) -> int:
         return len(self.names)
 
     def _bytes(self, index: int) -> torch.Tensor:
         """The member's file, read at its offset (a stored member as it is, a deflated one inflated)."""
-        if self._fd is None or self._pid != os.getpid():  # one open per process: a forked worker reopens
-            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        if self._fd is None:  # unpickled (spawn, forkserver workers): reopened, and checked to be the same file
+            fd = os.open(self.path, os.O_RDONLY)
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != self._identity:
+                os.close(fd)
+                raise UserError(f"data.root: {self.path} changed since start-up (replaced or rewritten): restart the "
+                                "run once it stays put")
+            self._fd, self._pid = fd, os.getpid()
         offset, size, method = self._where[index]
         header = os.pread(self._fd, 30, offset)  # the local header: its name and extra field lengths
         if header[:4] != b"PK\x03\x04":
@@ -129,15 +204,18 @@ class ZipImages(Dataset):
             i = (index + attempt) % len(self)
             try:
                 return read(i)
+            except UserError:  # the zip itself (replaced since start-up): no member can be read
+                raise
             except Exception as e:  # a corrupt member, another size
-                if self.names[i] not in self._warned:
-                    self._warned.add(self.names[i])
-                    log.warning("skipping %s in %s (%s); the next image takes its place (%d skipped by this process)",
-                                self.names[i], self.path, first_line(e), len(self._warned))
+                self._skips.skip(f"{self.names[i]} in {self.path}", e)
         raise UserError(f"data.root: {self.MAX_CONSECUTIVE} images in a row of {self.path} do not decode")
 
     def __getstate__(self) -> dict:  # DataLoader workers under spawn: never pickle an open file
         return {**self.__dict__, "_fd": None, "_pid": None}
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None and getattr(self, "_pid", None) == os.getpid():
+            os.close(self._fd)
 
 
 class Encoded(Dataset):

@@ -206,8 +206,9 @@ def check_compatible(state: dict[str, Any], cfg: Config, path: Path, data: Optio
         old = saved.get(section, {}).get(name, get(defaults, key))  # a key newer than the checkpoint: its default
         if old == get(cfg, key):
             continue
-        if key == "data.name" and data is not None and old_data == data and data.get("labels"):
-            notes.append(f"data.name {old} -> {cfg.data.name} (the same {data['count']} images, labels and size)")
+        if key == "data.name" and data is not None and _same_data(old_data, data):
+            notes.append(f"data.name {old} -> {cfg.data.name} (the same {data['count']} images, labels, size and "
+                         "pixels" + (")" if "pixels" in old_data else "; the checkpoint predates the pixel sample)"))
             continue
         why = ""
         if key == "data.name" and data is not None:
@@ -215,14 +216,25 @@ def check_compatible(state: dict[str, Any], cfg: Config, path: Path, data: Optio
                    if old_data else " (the checkpoint has no dataset fingerprint to compare)")
         raise UserError(f"checkpoint {path} was written with {key}={old!r}, this run has "
                         f"{key}={get(cfg, key)!r}{why}: use the same setting or another run.dir")
-    if old_data and data is not None and old_data != data:
+    if old_data and data is not None and _differ(old_data, data) != "the same":
         logging.getLogger("gan_dist").warning(f"the dataset changed since {path.name} ({_differ(old_data, data)}); "
                                               "the epoch goes on at the saved position of the new data")
     return notes
 
 
+def _same_data(old: Optional[dict], new: dict) -> bool:
+    """The same images: every part of the fingerprints agrees, labels and pixels known (a
+    checkpoint from before the pixel sample is compared on the rest)."""
+    return bool(old) and _differ(old, new) == "the same" and bool(new.get("labels")) and \
+        (new.get("pixels") is not None or "pixels" not in old)
+
+
 def _differ(old: dict, new: dict) -> str:
-    return ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in new if old.get(k) != new.get(k)) or "the same"
+    """The parts of the fingerprint that differ (those the older of the two records)."""
+    parts = [f"{k} {old[k]} -> {new[k]}" if k != "pixels" else
+             "the pixels of a sample of images differ (other channels, resize or files)"
+             for k in new if k in old and old[k] != new[k]]
+    return ", ".join(parts) or "the same"
 
 
 def load_state(module: torch.nn.Module, state: dict[str, Any], what: str, path: Path) -> None:
