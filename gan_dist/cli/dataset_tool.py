@@ -20,10 +20,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--resolution", help="N: resize and crop to N x N (center-crop-wide: WxH, the band kept)")
     p.add_argument("--transform", choices=TRANSFORMS, default="center-crop",
                    help="center-crop (default; the short side to N, then the center: what data.name=image_folder "
-                        "does), center-crop-wide (stylegan2-ada's letterbox) or none (images already square)")
-    p.add_argument("--channels", type=int, choices=(1, 3), help="1 (grayscale) or 3 (RGB); default: the source's")
+                        "does), center-crop-wide (a letterbox: scaled to W, aspect kept, the center H rows; stylegan2-ada's "
+                        "of the same name crops first and stretches) or none (images already one square size)")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="1 (grayscale) or 3 (RGB); default: the source's (1 when its images are "
+                                                                    "grayscale)")
     p.add_argument("--format", choices=("png", "jpg"), default="png", help="png (lossless, default) or jpg (quality 95)")
-    p.add_argument("--max-images", type=int, help="the first K images only")
+    p.add_argument("--max-images", type=int, help="K images spread evenly over the source (every class keeps its "
+                                                      "share), not the first K")
     p.add_argument("--workers", type=int, help="processes (default: the CPUs this task may use)")
     p.add_argument("--force", action="store_true", help="replace DEST if it exists")
     args = p.parse_args(argv)
@@ -32,7 +35,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         r = convert(args.source, args.dest, args.resolution, args.transform, args.channels, args.format,
                     args.max_images, args.force, args.workers)
         print(f"wrote {r['dest']}: {r['images']} images {r['size']}x{r['size']}x{r['channels']} ({r['format']}), "
-              f"{r['classes']} classes" + (f"; skipped {r['skipped']} unreadable" if r["skipped"] else ""))
+              f"{r['classes']} classes" + (f" ({r['classes_with_images']} with images)"
+                                           if r["classes_with_images"] < r["classes"] else "")
+              + (f"; skipped {r['skipped']} unreadable" if r["skipped"] else "")
+              + (f"; {r['upscaled']} upscaled" if r["upscaled"] else ""))
         return 0
     return cli.run(run)
 
