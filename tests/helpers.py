@@ -264,3 +264,15 @@ def write_image_folder(root: Path, classes=("G", "NoG"), per_class: int = 6, siz
             pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8)
             Image.fromarray(pixels.numpy()).save(root / c / f"{i}.png")
     return root
+
+
+def tool_here(capsys, *args):
+    """The tool's main in this process (a refusal is decided before any work: no process to start)."""
+    from gan_dist.cli.dataset_tool import main
+
+    try:
+        rc = main(list(map(str, args)))
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return Proc(rc, out, err)

@@ -17,24 +17,11 @@ from gan_dist.data import folder
 from gan_dist.data.dataset_tool import convert
 from gan_dist.data.folder import image_folder
 from gan_dist.data.zipdata import ZipImages
-from helpers import base_env, one_line_error, spawn, write_fashion_mnist, write_image_folder
+from helpers import base_env, one_line_error, spawn, tool_here, write_fashion_mnist, write_image_folder
 
 
 def tool(*args, env=None):
     return spawn([sys.executable, "-m", "gan_dist.dataset_tool", *map(str, args)], env=env, timeout=120)[0]
-
-
-def tool_here(capsys, *args):
-    """The tool's main in this process (a refusal is decided before any work: no process to start)."""
-    from gan_dist.cli.dataset_tool import main
-    from helpers import Proc
-
-    try:
-        rc = main(list(map(str, args)))
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return Proc(rc, out, err)
 
 
 def test_an_image_folder_becomes_stylegan2_adas_zip_with_the_pixels_the_folder_loads(tmp_path, capsys):
@@ -68,7 +55,8 @@ def test_flat_folder_idx_files_and_a_zip_as_sources(tmp_path):
     r = convert(flat, tmp_path / "flat.zip", "8", channels=1, workers=2)
     assert (r["images"], r["size"], r["channels"], r["classes"], r["source"]) == (6, 8, 1, 0, "flat")
     with zipfile.ZipFile(tmp_path / "flat.zip") as z:
-        assert json.loads(z.read("dataset.json")) == {"labels": None}  # unconditional, as stylegan2-ada writes it
+        # unconditional, as stylegan2-ada writes it; the size and channels said for the reader
+        assert json.loads(z.read("dataset.json")) == {"labels": None, "image_size": 8, "channels": 1}
     fashion = write_fashion_mnist(tmp_path / "fm", n=40)
     r = convert(fashion, tmp_path / "fm.zip", workers=2)  # the folder holding FashionMNIST/raw
     assert (r["images"], r["size"], r["channels"], r["classes"], r["source"]) == (40, 28, 1, 10, "idx")
@@ -80,7 +68,7 @@ def test_flat_folder_idx_files_and_a_zip_as_sources(tmp_path):
     assert images.classes[0] == "T-shirt/top"
     r = convert(tmp_path / "fm.zip", tmp_path / "fm16.zip", "16", format="jpg", max_images=10, workers=1)
     assert (r["images"], r["size"], r["format"], r["classes"]) == (10, 16, "jpg", 10)
-    assert ZipImages(tmp_path / "fm16.zip").targets == raw.targets.tolist()[:10]
+    assert ZipImages(tmp_path / "fm16.zip").targets == raw.targets.tolist()[::4]  # spread over the source
 
 
 def test_a_corrupt_image_is_named_and_skipped_and_bad_flags_are_one_line(tmp_path, capsys):
@@ -102,24 +90,37 @@ def test_a_corrupt_image_is_named_and_skipped_and_bad_flags_are_one_line(tmp_pat
     assert not (tmp_path / "e.zip").exists()
 
 
-def test_a_killed_run_leaves_no_half_written_zip(tmp_path):
+def test_a_killed_run_leaves_no_half_written_zip_and_a_terminated_one_no_temporary_file(tmp_path):
     root = tmp_path / "many"
     write_image_folder(root, classes=("a",), per_class=1, size=(8, 8))
     for i in range(1500):
         (root / "a" / f"{i}.png").write_bytes((root / "a" / "0.png").read_bytes())
-    p = subprocess.Popen([sys.executable, "-m", "gan_dist.dataset_tool", "--source", str(root), "--dest",
-                          str(tmp_path / "out.zip"), "--resolution", "64", "--workers", "1"],
-                         env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not list(tmp_path.glob(".out.zip.*.tmp")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)
-        assert p.poll() is None, "finished before it could be killed"
-        os.killpg(p.pid, signal.SIGKILL)
-    finally:
-        p.wait()
-    assert not (tmp_path / "out.zip").exists()  # only the temporary file, never a half DEST
+
+    def start_then(sig, workers):  # 1500 images at 256x256: seconds of work, signalled 0.3 s in
+        before = set(tmp_path.glob(".out.zip.*.tmp"))
+        p = subprocess.Popen([sys.executable, "-m", "gan_dist.dataset_tool", "--source", str(root), "--dest",
+                              str(tmp_path / "out.zip"), "--resolution", "256", "--workers", str(workers)],
+                             env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not set(tmp_path.glob(".out.zip.*.tmp")) - before and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
+            assert p.poll() is None, "finished before it could be killed"
+            os.killpg(p.pid, sig)  # the whole group, as Slurm and a terminal's Ctrl-C signal it
+            _, err = p.communicate(timeout=60)
+        finally:
+            p.kill()
+            p.wait()
+        return p.returncode, err.decode()
+
+    rc, _ = start_then(signal.SIGKILL, 1)
+    assert rc == -signal.SIGKILL and not (tmp_path / "out.zip").exists()  # only the temporary file, never a half DEST
+    assert len(list(tmp_path.glob(".out.zip.*.tmp"))) == 1  # SIGKILL cannot be handled: the next run removes it
+    rc, err = start_then(signal.SIGTERM, 2)
+    assert rc == 2 and "interrupted by SIGTERM" in err and "Traceback" not in err, err
+    assert "left by a conversion that was killed" in err
+    assert not list(tmp_path.glob(".out.zip.*")) and not (tmp_path / "out.zip").exists()
 
 
 def test_an_image_folder_is_listed_once_then_read_from_the_cache_until_a_folder_changes(tmp_path, monkeypatch):

@@ -115,7 +115,7 @@ def test_a_resume_may_switch_between_a_folder_and_the_zip_made_from_it(tmp_path)
     ok(train(folder + ["train.steps=2", f"run.dir={tmp_path}/switched"]))
     out = ok(train(TINY + ["data.name=zip", f"data.root={data}", "train.checkpoint_every=2", "train.steps=4",
                            f"run.dir={tmp_path}/switched"]))[0].out
-    assert "data.name image_folder -> zip (the same 96 images, labels and size)" in out
+    assert "data.name image_folder -> zip (the same 96 images, labels, size and pixels)" in out
     ok(train(folder + ["train.steps=4", f"run.dir={tmp_path}/folder"]))
     assert_same_state(latest_ckpt(tmp_path / "switched"), latest_ckpt(tmp_path / "folder"))  # the same pixels
     convert(root, tmp_path / "fewer.zip", "8", max_images=80, workers=1)  # other images: refused
