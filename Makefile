@@ -4,11 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test clean gpu-wheels gpu-check
+.PHONY: run test clean gpu-wheels gpu-check docs docs-serve
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,docs]"
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -17,7 +17,16 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The GPU check (tests/gpu_check.py; README, "The GPU check"). Here, once: `make gpu-wheels`, the
+# The manual: docs/configuration.md regenerated from the schema, then the site built strictly
+# into site/ (a broken link or anchor fails); docs-serve rebuilds on every edit.
+docs: $(STAMP)
+	$(BIN)/python -m gan_dist.tools.config_doc
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+# The GPU check (tests/gpu_check.py; docs/development.md, "The GPU check"). Here, once: `make gpu-wheels`, the
 # packages the GPU image lacks (the versions this venv runs, for its Python 3.12) into the ignored
 # .whl/. On a lent GPU, one device call: `make gpu-check` with carry [".whl"]: gan_dist against the
 # image's own torch (--no-deps), everything inside `timeout 300`. `make gpu-check DRY=1`: the same

@@ -1,7 +1,7 @@
 """Your own generator and critic for gan_dist: a small ResNet-style generator and a
 spectral-norm projection critic (the SNGAN / BigGAN family), conditional on the class.
 
-The model contract (README, "Your own models"):
+The model contract (docs/models.md):
   generator(z [B, z_dim], onehot [B, K] or None) -> images [B, C, H, W] in [-1, 1]
   critic(images, onehot or None) -> scores [B]
   generator.z_dim and generator.num_classes (0: unconditional)

@@ -1,6 +1,6 @@
 """`python -m gan_dist.export`: an entry point only; the command line is gan_dist/cli/export.py."""
 
-# README's import path for exporting from a script: gan_dist.export.export(run_dir, out, ...)
+# the docs' import path for exporting from a script: gan_dist.export.export(run_dir, out, ...)
 from gan_dist.runs.export import export, load_generator, load_sampler  # noqa: E402,F401
 
 if __name__ == "__main__":

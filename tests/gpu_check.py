@@ -1,4 +1,4 @@
-"""The GPU check: what a lent GPU measures in one device call (`make gpu-check`, README "The GPU
+"""The GPU check: what a lent GPU measures in one device call (`make gpu-check`, docs/development.md "The GPU
 check"). Runs the suite's CUDA tests (every test parametrized over helpers.DEVICES, its cuda
 case), then `python -m gan_dist.bench` rows: the default config and the glasses config at 64
 and 128, fp32 / TF32 / bf16, channels_last, compile, synthetic data against a real zip with 0

@@ -158,7 +158,7 @@ def test_num_workers_auto_follows_the_dataset_and_the_device(tmp_path, monkeypat
     assert stream.num_workers(cfg, digits, World()) == 0  # in memory: no workers
     cuda = World(device=torch.device("cuda", 0))
     assert stream.num_workers(cfg, zipped, cuda) == 8  # CPUs of this rank but one, at most 8
-    assert stream.num_workers(cfg, zipped, World()) == 0  # on the CPU the main process keeps up (README)
+    assert stream.num_workers(cfg, zipped, World()) == 0  # on the CPU the main process keeps up (docs/data.md)
     assert stream.num_workers(config.load(None, ["data.num_workers=3"]), digits, World()) == 3
     one_line_error(train(TINY + ["data.num_workers=many", f"run.dir={tmp_path}/r"])[0],
                    "data.num_workers: must be >= 0 or auto")

@@ -18,7 +18,7 @@ def setting(default: Any, help: str) -> Any:
 @dataclass
 class RunConfig:
     dir: str = setting("runs/digits_cwgan_gp", "the run directory: checkpoints, samples, metrics; "
-                       "a run started on one that has checkpoints resumes")
+                       "a run started on one that has checkpoints resumes; on several nodes, one directory on shared storage")
     shared_fs_wait_s: float = setting(30.0, "seconds a rank waits to see what rank 0 wrote in run.dir (lock, "
                                       "checkpoint) before deciding it is not shared (NFS caches lag)")
 
@@ -27,19 +27,24 @@ class RunConfig:
 class DistConfig:
     backend: str = setting("auto", "auto (nccl on CUDA, gloo on CPU) | nccl | gloo (lets ranks share one GPU)")
     force_ddp: bool = setting(False, "join a process group and wrap both networks in DDP even on one rank: the "
-                              "multi-GPU path (nccl, SyncBatchNorm, device_ids) on one GPU, for checks")
+                              "multi-GPU path (nccl, SyncBatchNorm, device_ids) on one GPU, for checks: torchrun --nproc_per_node=1 "
+                              "-m gan_dist.train dist.force_ddp=true; the training line says 'DDP over nccl, "
+                              "SyncBatchNorm'")
 
 
 @dataclass
 class DataConfig:
     name: str = setting("digits", "digits | fashion_mnist | mnist | image_folder | zip | package.module:factory")
-    root: str = setting("", "the dataset's folder (zip: the .zip file; digits ship inside scikit-learn)")
-    image_size: int = setting(16, "images are resized (and center-cropped) to this square size (zip: unset "
-                              "takes the zip's)")
+    root: str = setting("", "the dataset's folder (zip: the .zip file; fashion_mnist, mnist: the folder holding "
+                       "FashionMNIST/raw or MNIST/raw, the train IDX files suffice; digits ship inside scikit-learn)")
+    image_size: int = setting(16, "images are resized (and center-cropped) to this square size; DCGAN: a power "
+                              "of two >= 8 (zip: unset takes the zip's)")
     channels: int = setting(1, "image_folder, zip: 1 (grayscale) or 3 (RGB) (zip: unset takes the zip's)")
-    download: bool = setting(False, "fashion_mnist, mnist: download into data.root (off: clusters often have no internet)")
-    num_workers: str = setting("auto", "DataLoader worker processes per rank (persistent; pinned memory on CUDA); "
-                               "auto: for file-backed datasets from the CPUs and the device, else 0")
+    download: bool = setting(False, "fashion_mnist, mnist: download into data.root (off: clusters often have no "
+                              "internet); rank 0 downloads, the others wait, then one rank per other node")
+    num_workers: str = setting("auto", "DataLoader worker processes per rank (persistent; pinned memory on CUDA; "
+                               "they ignore stop signals); auto: 0 for data in memory and on the CPU, for a folder "
+                               "or zip on CUDA the rank's CPUs but one, at most 8")
     decode: str = setting("cpu", "zip of JPEGs: cpu (in the loader's workers) | device (whole batches with "
                           "torchvision.io.decode_jpeg on the training device: nvjpeg on CUDA)")
     start_method: str = setting("", "the workers' start method: '' (platform default) | fork | forkserver | spawn")
@@ -64,17 +69,20 @@ class ModelConfig:
 class LossConfig:
     kind: str = setting("wgan_gp", "wgan_gp | bce | hinge | ns_r1")
     gp_lambda: float = setting(10.0, "WGAN-GP's gradient-penalty weight lambda")
-    r1_gamma: Optional[float] = setting(None, "ns_r1: R1's gamma (gamma/2 |grad D(real)|^2); null: 10")
+    r1_gamma: Optional[float] = setting(None, "ns_r1: R1's gamma (gamma/2 |grad D(real)|^2); null: 10. Before 0.3 "
+                                        "loss.gp_lambda was R1's gamma too: a config that sets it with ns_r1 and no "
+                                        "r1_gamma keeps that meaning, with a deprecation line")
     n_critic: int = setting(3, "critic updates per generator update (the WGAN-GP paper's 5 trains worse per "
-                            "second here: README, Quality)")
-    reuse_batch: bool = setting(False, "the book's loop: one real batch for all n_critic updates")
+                            "second here: docs, Watching a run)")
+    reuse_batch: bool = setting(False, "the book's loop: one real batch for all n_critic updates (default: a "
+                                       "fresh batch each, as the WGAN-GP paper)")
     gp_every: int = setting(1, "lazy regularization: the penalty (GP, R1) every k critic updates, weighted by k")
 
 
 @dataclass
 class AugmentConfig:
     kind: str = setting("none", "none | diffaug (DiffAugment: the policy on every critic input, each operation with "
-                        "probability augment.p) | ada (adaptive: p tuned from the critic's overfitting); README, "
+                        "probability augment.p) | ada (adaptive: p tuned from the critic's overfitting); docs, "
                         "Augmentation")
     policy: str = setting("", "operations, comma-separated: translation, scale, rotation, cutout, brightness, "
                           "contrast, saturation, xflip, color (= brightness, saturation, contrast); empty: diffaug "
@@ -88,14 +96,16 @@ class AugmentConfig:
 
 @dataclass
 class NetworkOptimConfig:
-    lr: Optional[float] = setting(None, "this network's learning rate; null: optim.lr")
+    lr: Optional[float] = setting(None, "this network's learning rate; null: optim.lr (TTUR, SAGAN's: "
+                                  "optim.generator.lr=1e-4 optim.critic.lr=4e-4)")
     betas: Optional[list[float]] = setting(None, "this network's Adam betas; null: optim.betas")
     eps: Optional[float] = setting(None, "this network's Adam eps; null: optim.eps")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = setting(2e-4, "Adam's learning rate of both networks (a resumed run takes the config's)")
+    lr: float = setting(2e-4, "Adam's learning rate of both networks (a resumed run takes the config's; the "
+                       "WGAN-GP paper's 1e-4 with n_critic 5 is the chapter-5 config)")
     betas: list[float] = setting([0.0, 0.9], "Adam's betas (the WGAN-GP paper's)")
     eps: float = setting(1e-8, "Adam's eps; larger values damp updates of near-zero gradients")
     generator: NetworkOptimConfig = field(default_factory=NetworkOptimConfig)  # TTUR: the two at their own rates
@@ -114,22 +124,26 @@ class TrainConfig:
     batch_size: int = setting(64, "the GLOBAL batch, split evenly across ranks")
     micro_batch: str = setting("0", "images per rank per forward (gradient accumulation over batch_size / (W x "
                                "micro_batch) micro-batches); 0: batch_size / W at the first start, then kept by "
-                               "resumes; auto: the largest that fits the GPU (CPU: batch_size / W)")
+                               "resumes; auto: the largest that fits the GPU (CPU: batch_size / W); docs, Fewer GPUs than planned")
     threads: Optional[int] = setting(None, "torch threads per rank; null: OMP_NUM_THREADS outside torchrun, else "
-                                     "the CPUs available / ranks on the node")
+                                     "the CPUs available / ranks on the node; on a machine shared with other busy processes "
+                                     "set it lower, e.g. 1: OpenMP threads that outnumber the free cores spin and stall")
     log_every: int = setting(50, "steps between metric lines (one all-reduce each)")
     sample_every: int = setting(250, "steps between sample grids")
     checkpoint_every: int = setting(500, "steps between checkpoints")
     keep_checkpoints: int = setting(3, "keep the last K step checkpoints")
     ema_decay: float = setting(0.995, "generator EMA decay (with a (1+t)/(10+t) warm-up); 0: off")
     precision: str = setting("fp32", "fp32 | bf16 (autocast; the penalty's norm stays fp32)")
-    channels_last: bool = setting(False, "DCGAN convolutions in NHWC (faster on tensor cores)")
+    channels_last: bool = setting(False, "DCGAN convolutions in NHWC (faster on tensor cores): the weights, the real "
+                                "images from the loader and the critic's input with its label channels")
     tf32: bool = setting(True, "CUDA: TF32 matmuls and convolutions")
     cudnn_benchmark: bool = setting(True, "CUDA: cuDNN picks the fastest kernels for the fixed shapes")
-    deterministic: bool = setting(False, "CUDA: deterministic kernels only (cuDNN's, torch.use_deterministic_algorithms; "
-                                  "cudnn_benchmark off): two runs, and a run and its resume, bitwise equal; slower")
-    compile: bool = setting(False, "torch.compile the generator (and a critic whose loss needs no double backward)")
-    keep_best: str = setting("", "an eval metric (fid, kid, recall, ...): keep checkpoints/best.pt by it")
+    deterministic: bool = setting(False, "CUDA: deterministic kernels only (cuDNN's, torch.use_deterministic_algorithms("
+                                  "warn_only=True), cuBLAS's workspace setting; cudnn_benchmark off): two runs, and a run and its resume, bitwise equal; slower")
+    compile: bool = setting(False, "torch.compile the generator, and a critic whose loss needs no double backward "
+                           "(bce, hinge): aot_autograd does not support the penalties' double backward (torch 2.14)")
+    keep_best: str = setting("", "keep checkpoints/best.pt by this eval metric: fid | kid | precision | recall | "
+                           "cond_acc | fid_class_mean | fid_class_max")
     on_divergence: str = setting("stop", "stop | rollback (to the last checkpoint, learning rates scaled)")
     rollback_lr_factor: float = setting(0.5, "learning rates after each rollback: times this")
     max_rollbacks: int = setting(3, "rollbacks before the run stops")
@@ -139,8 +153,10 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = setting(500, "steps between quality evaluations; 0: never")
-    num_samples: int = setting(1000, "generated images per evaluation (at most the real held-out half)")
+    every: int = setting(500, "steps between quality evaluations; 0: never (the default digits features on "
+                         "other data: off, with a warning)")
+    num_samples: int = setting(1000, "generated images per evaluation, split across ranks (at most the real "
+                              "held-out half: both sides are scored at the same n; at least 4)")
     features: str = setting("digits", "digits[:PATH] | fid_inception[:PATH] | inception:PATH | torchscript:PATH")
     use_ema: bool = setting(True, "sample grids and evaluation from the EMA generator")
     kid_subsets: int = setting(10, "KID: the mean and std over this many random subsets ...")

@@ -92,7 +92,7 @@ def to_tensor(img: Image.Image, channels: int) -> torch.Tensor:
 
 def decode(data: torch.Tensor, channels: int) -> torch.Tensor:
     """uint8 [C, H, W] from a file's bytes (a uint8 tensor), with torchvision.io: 1.3-3.3x
-    faster than PIL for PNG and JPEG at 64 and 256 pixels (README, "Your own dataset"); PIL for
+    faster than PIL for PNG and JPEG at 64 and 256 pixels (docs/performance.md); PIL for
     what it does not read (BMP, TIFF). torchvision 0.29 deprecates its decoders for TorchCodec,
     which is not a dependency yet: the warning is silenced here, the fallback stays."""
     from torchvision.io import ImageReadMode, decode_image

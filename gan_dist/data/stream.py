@@ -91,8 +91,8 @@ def num_workers(cfg: Config, dataset: Dataset, world: World) -> int:
     """data.num_workers, or for auto: 0 for datasets in memory; for file-backed ones (a folder,
     a zip: decoding per item) on CUDA the CPUs of this rank but one (one drives the GPU), at
     most 8; on the CPU 0: there the loader in the main process delivers 50-120x what training
-    consumes (the loader benchmark against `bench` of the glasses config at 64x64, README "Your
-    own dataset"), and a worker would only take a core from the training threads."""
+    consumes (the loader benchmark against `bench` of the glasses config at 64x64, docs/performance.md),
+    and a worker would only take a core from the training threads."""
     if cfg.data.num_workers != "auto":
         return int(cfg.data.num_workers)
     if not getattr(dataset, "file_backed", False) or world.device.type != "cuda":

@@ -79,7 +79,7 @@ class Tracker:
     def rollback(self, to_step: int, from_step: int, metrics: dict) -> None:
         """Training returned from from_step to to_step: metrics.jsonl forgets the steps in
         between and records the event at to_step; wandb, whose steps only increase, gets the
-        event at from_step and drops the replayed steps up to there (README)."""
+        event at from_step and drops the replayed steps up to there (docs/watching.md)."""
         if not self.active:
             return
         self._truncate_after(to_step)

@@ -66,7 +66,7 @@ def optimizers(cfg: Config, generator: torch.nn.Module, critic: torch.nn.Module)
 
 def wrapped(cfg: Config, world: World, loss, generator: torch.nn.Module, critic: torch.nn.Module):
     """The modules the loop calls: DDP when W > 1, then torch.compile when asked. A penalty's
-    double backward (WGAN-GP, R1) does not go through torch.compile (README): such a critic
+    double backward (WGAN-GP, R1) does not go through torch.compile (docs/configuration.md, train.compile): such a critic
     stays eager; the generator is always compiled."""
     generator_ddp, critic_ddp = distributed.wrap(generator, world), distributed.wrap(critic, world)
     if cfg.train.compile:
