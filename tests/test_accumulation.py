@@ -22,11 +22,17 @@ LOSSES = {"wgan_gp": ["loss.kind=wgan_gp", "loss.n_critic=3"],
           # (before: 1.0e-2 apart at A=2, 1.3e-5 at W=2)
           "hinge-spectral_norm": ["loss.kind=hinge", "loss.n_critic=2", "model.spectral_norm=true",
                                   "optim.betas=[0.0,0.999]"],
-          "wgan_gp-spectral_norm": ["loss.kind=wgan_gp", "loss.n_critic=2", "model.spectral_norm=true"]}
+          "wgan_gp-spectral_norm": ["loss.kind=wgan_gp", "loss.n_critic=2", "model.spectral_norm=true"],
+          # RpGAN with R1 + R2 (lazy), every schedule on, the EMA as a half-life with its ramp: the
+          # EMA is compared too (its decay follows from the global batch, not from W or A)
+          "rpgan-schedules": ["loss.kind=rpgan", "loss.n_critic=2", "loss.gp_every=2", "loss.r1_gamma=1.0",
+                              "loss.r1_gamma_end=0.1", "optim.schedule=cosine", "optim.beta2_end=0.99",
+                              "train.ema_kimg=0.2", "train.ema_rampup=0.5"]}
 
 
 def _max_diff(a: dict, b: dict) -> float:
-    return max((a[n][k].float() - b[n][k].float()).abs().max().item() for n in ("generator", "critic") for k in a[n])
+    return max((a[n][k].float() - b[n][k].float()).abs().max().item() for n in ("generator", "critic", "generator_ema")
+               if n in a for k in a[n])
 
 
 @pytest.mark.parametrize("loss", list(LOSSES))

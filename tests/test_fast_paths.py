@@ -52,9 +52,9 @@ def test_bf16_gradient_penalty_is_stable_and_close_to_fp32(device):
 def test_the_losses_that_differentiate_a_gradient_say_so():
     from gan_dist.training.losses import build_loss
 
-    kinds = ("wgan_gp", "ns_r1", "bce", "hinge")
+    kinds = ("wgan_gp", "ns_r1", "bce", "hinge", "rpgan")
     assert {k: build_loss(config.load(None, [f"loss.kind={k}"]).loss).needs_double_backward for k in kinds} == \
-        {"wgan_gp": True, "ns_r1": True, "bce": False, "hinge": False}
+        {"wgan_gp": True, "ns_r1": True, "bce": False, "hinge": False, "rpgan": True}
 
 
 def test_lazy_regularization_every_k_scaled_by_k():

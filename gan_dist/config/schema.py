@@ -67,16 +67,21 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    kind: str = setting("wgan_gp", "wgan_gp | bce | hinge | ns_r1")
+    kind: str = setting("wgan_gp", "wgan_gp | bce | hinge | ns_r1 | rpgan (R3GAN's relativistic pairing loss "
+                        "with R1 + R2; its recipe trains 1:1: loss.n_critic=1)")
     gp_lambda: float = setting(10.0, "WGAN-GP's gradient-penalty weight lambda")
-    r1_gamma: Optional[float] = setting(None, "ns_r1: R1's gamma (gamma/2 |grad D(real)|^2); null: 10. Before 0.3 "
+    r1_gamma: Optional[float] = setting(None, "ns_r1: R1's gamma (gamma/2 |grad D(real)|^2), null: 10; rpgan: "
+                                        "the gamma of gamma/2 (R1 + R2), null: 0.05 (R3GAN's CIFAR-10 value). Before 0.3 "
                                         "loss.gp_lambda was R1's gamma too: a config that sets it with ns_r1 and no "
                                         "r1_gamma keeps that meaning, with a deprecation line")
     n_critic: int = setting(3, "critic updates per generator update (the WGAN-GP paper's 5 trains worse per "
                             "second here: docs, Watching a run)")
     reuse_batch: bool = setting(False, "the book's loop: one real batch for all n_critic updates (default: a "
                                        "fresh batch each, as the WGAN-GP paper)")
-    gp_every: int = setting(1, "lazy regularization: the penalty (GP, R1) every k critic updates, weighted by k")
+    gp_every: int = setting(1, "lazy regularization: the penalty (GP, R1, R1 + R2) every k critic updates, "
+                            "weighted by k")
+    r1_gamma_end: Optional[float] = setting(None, "ns_r1, rpgan: gamma at the end of optim.schedule (cosine); "
+                                            "null: gamma stays constant")
 
 
 @dataclass
@@ -98,6 +103,8 @@ class AugmentConfig:
 class NetworkOptimConfig:
     lr: Optional[float] = setting(None, "this network's learning rate; null: optim.lr (TTUR, SAGAN's: "
                                   "optim.generator.lr=1e-4 optim.critic.lr=4e-4)")
+    lr_end: Optional[float] = setting(None, "this network's learning rate at the end of optim.schedule; null: "
+                                      "optim.lr_end")
     betas: Optional[list[float]] = setting(None, "this network's Adam betas; null: optim.betas")
     eps: Optional[float] = setting(None, "this network's Adam eps; null: optim.eps")
 
@@ -108,6 +115,15 @@ class OptimConfig:
                        "WGAN-GP paper's 1e-4 with n_critic 5 is the chapter-5 config)")
     betas: list[float] = setting([0.0, 0.9], "Adam's betas (the WGAN-GP paper's)")
     eps: float = setting(1e-8, "Adam's eps; larger values damp updates of near-zero gradients")
+    schedule: str = setting("constant", "constant | cosine: lr (and loss.r1_gamma, Adam's beta2 where their _end "
+                            "is set) from the start value at step 0 to the _end value at optim.schedule_steps, "
+                            "v(k) = end + (start - end) (1 + cos(pi min(k, T) / T)) / 2")
+    schedule_steps: int = setting(0, "T, the schedule's length in generator steps; 0: train.steps at the run's "
+                                  "first start, kept by resumes (so extending train.steps does not rewrite the past)")
+    lr_end: float = setting(0.0, "the learning rate at the end of a cosine schedule (both networks; per network: "
+                            "optim.generator.lr_end, optim.critic.lr_end)")
+    beta2_end: Optional[float] = setting(None, "Adam's beta2 at the end of a cosine schedule (R3GAN: 0.9 -> 0.99); "
+                                         "null: beta2 stays constant")
     generator: NetworkOptimConfig = field(default_factory=NetworkOptimConfig)  # TTUR: the two at their own rates
     critic: NetworkOptimConfig = field(default_factory=NetworkOptimConfig)
 
@@ -116,6 +132,10 @@ class OptimConfig:
         own = getattr(self, network)
         return {"lr": self.lr if own.lr is None else own.lr, "betas": tuple(self.betas if own.betas is None else own.betas),
                 "eps": self.eps if own.eps is None else own.eps}
+
+    def lr_end_of(self, network: str) -> float:
+        own = getattr(self, network).lr_end
+        return self.lr_end if own is None else own
 
 
 @dataclass
@@ -132,7 +152,13 @@ class TrainConfig:
     sample_every: int = setting(250, "steps between sample grids")
     checkpoint_every: int = setting(500, "steps between checkpoints")
     keep_checkpoints: int = setting(3, "keep the last K step checkpoints")
-    ema_decay: float = setting(0.995, "generator EMA decay (with a (1+t)/(10+t) warm-up); 0: off")
+    ema_decay: float = setting(0.995, "generator EMA decay (with a (1+t)/(10+t) warm-up); 0: off (unless "
+                               "train.ema_kimg is set)")
+    ema_kimg: float = setting(0.0, "the generator EMA's half-life in thousands of images (StyleGAN's ema_kimg): "
+                              "decay 0.5 ** (batch_size / (1000 ema_kimg)) per step, the same for any world size "
+                              "and accumulation; 0: train.ema_decay")
+    ema_rampup: Optional[float] = setting(None, "with train.ema_kimg: the half-life at most this fraction of the "
+                                          "images seen so far (StyleGAN's ema_rampup, e.g. 0.05); null: none")
     precision: str = setting("fp32", "fp32 | bf16 (autocast; the penalty's norm stays fp32)")
     channels_last: bool = setting(False, "DCGAN convolutions in NHWC (faster on tensor cores): the weights, the real "
                                 "images from the loader and the critic's input with its label channels")
@@ -194,7 +220,8 @@ CHOICES = {
     "data.decode": ("cpu", "device"),
     "model.norm": ("batch", "none"),
     "model.critic_norm": ("instance", "none"),
-    "loss.kind": ("wgan_gp", "bce", "hinge", "ns_r1"),
+    "loss.kind": ("wgan_gp", "bce", "hinge", "ns_r1", "rpgan"),
+    "optim.schedule": ("constant", "cosine"),
     "augment.kind": ("none", "diffaug", "ada"),
     "train.precision": ("fp32", "bf16"),
     "train.on_divergence": ("stop", "rollback"),
@@ -237,6 +264,14 @@ RANGES = {
     "model.dropout": (0.0, 1.0, True, False),
     "loss.gp_lambda": (0.0, None, True, True),
     "loss.r1_gamma": (0.0, None, True, True),
+    "loss.r1_gamma_end": (0.0, None, True, True),
+    "optim.schedule_steps": (0, None, True, True),
+    "optim.lr_end": (0.0, 1.0, True, True),
+    "optim.generator.lr_end": (0.0, 1.0, True, True),
+    "optim.critic.lr_end": (0.0, 1.0, True, True),
+    "optim.beta2_end": (0.0, 1.0, True, False),
+    "train.ema_kimg": (0.0, None, True, True),
+    "train.ema_rampup": (0.0, None, False, True),
     "loss.n_critic": (1, None, True, True),
     "loss.gp_every": (1, None, True, True),
     "optim.lr": (0.0, 1.0, False, True),

@@ -38,7 +38,7 @@ from gan_dist.config import Config
 from gan_dist.distributed import launch
 from gan_dist.errors import UserError, setup_logging
 
-PENALTY_LOSSES = ("wgan_gp", "ns_r1")
+PENALTY_LOSSES = ("wgan_gp", "ns_r1", "rpgan")
 BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
 
 
@@ -139,7 +139,7 @@ def static_checks(cfg: Config) -> tuple[list[Row], dict]:
     torch.manual_seed(0)
     z = torch.randn(len(real), generator.z_dim)
     with frozen(critic):
-        loss.generator_loss(critic, generator.train()(z, onehot), onehot).backward()
+        loss.generator_loss(critic, generator.train()(z, onehot), onehot, real).backward()
     unused += [f"generator.{n}" for n, p in generator.named_parameters() if p.requires_grad and p.grad is None]
     rows.append(Row("parameters without a gradient", "FAIL" if unused else "ok",
                     (", ".join(unused) + ": not used in the loss; DDP fails at the next step (remove them, or "

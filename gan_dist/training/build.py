@@ -97,7 +97,7 @@ def trial(n: int, loss, generator: torch.nn.Module, critic: torch.nn.Module, aut
         c_loss, _ = loss.critic_loss(critic, real, real.flip(0), onehot, torch.rand(n, 1, 1, 1, device=device))
     c_loss.backward()
     with torch.autocast(**autocast):
-        g_loss = loss.generator_loss(critic, generator(z, onehot), onehot)
+        g_loss = loss.generator_loss(critic, generator(z, onehot), onehot, real)
     g_loss.backward()
 
 

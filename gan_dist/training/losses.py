@@ -1,10 +1,14 @@
 """Loss strategies: WGAN-GP (Gulrajani et al. 2017, Algorithm 1), the non-saturating BCE GAN
-of book chapter 4, hinge (SAGAN, BigGAN) and non-saturating with R1 on real images
-(StyleGAN2). The training loop is the same for all; only these differ.
+of book chapter 4, hinge (SAGAN, BigGAN), non-saturating with R1 on real images (StyleGAN2)
+and the relativistic pairing loss with R1 and R2 (RpGAN, R3GAN: Huang et al. 2024). The
+training loop is the same for all; only these differ.
 
 critic_loss returns (loss, stats): `loss` gets ONE backward (one DDP all-reduce; a backward
 per term or static_graph=True silently desynchronizes ranks under the penalty's double
 backward), `stats` is a detached 1-D tensor named by `stat_names`, accumulated on device.
+generator_loss(critic, fake, onehot, real) gets the reals of the step's last critic round
+(this micro-batch's rows): RpGAN pairs each fake with the real of its row; the others ignore
+them. A loss with `generator_sees_real` also has its fakes made with those reals' labels.
 """
 from __future__ import annotations
 
@@ -65,7 +69,8 @@ class WGANGP:
         loss = -wasserstein + self.gp_lambda * gp
         return loss, torch.stack([loss, gp, wasserstein]).detach()
 
-    def generator_loss(self, critic: nn.Module, fake: torch.Tensor, onehot: Optional[torch.Tensor]):
+    def generator_loss(self, critic: nn.Module, fake: torch.Tensor, onehot: Optional[torch.Tensor],
+                       real: Optional[torch.Tensor] = None):
         return -critic(fake, onehot).float().mean()
 
 
@@ -83,7 +88,8 @@ class BCE:
         prob = torch.sigmoid(logits.detach())
         return loss, torch.stack([loss.detach(), prob[:b].mean(), prob[b:].mean()])
 
-    def generator_loss(self, critic: nn.Module, fake: torch.Tensor, onehot: Optional[torch.Tensor]):
+    def generator_loss(self, critic: nn.Module, fake: torch.Tensor, onehot: Optional[torch.Tensor],
+                       real: Optional[torch.Tensor] = None):
         logits = critic(fake, onehot).float()
         return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
 
@@ -101,7 +107,8 @@ class Hinge:
         loss = F.relu(1.0 - scores[:b]).mean() + F.relu(1.0 + scores[b:]).mean()
         return loss, torch.stack([loss.detach(), scores[:b].mean().detach(), scores[b:].mean().detach()])
 
-    def generator_loss(self, critic: nn.Module, fake: torch.Tensor, onehot: Optional[torch.Tensor]):
+    def generator_loss(self, critic: nn.Module, fake: torch.Tensor, onehot: Optional[torch.Tensor],
+                       real: Optional[torch.Tensor] = None):
         return -critic(fake, onehot).float().mean()
 
 
@@ -129,8 +136,54 @@ class NonSaturatingR1:
         loss = F.softplus(s_fake).mean() + F.softplus(-s_real).mean() + 0.5 * self.gamma * r1
         return loss, torch.stack([loss, r1, s_real.mean(), s_fake.mean()]).detach()
 
-    def generator_loss(self, critic: nn.Module, fake: torch.Tensor, onehot: Optional[torch.Tensor]):
+    def generator_loss(self, critic: nn.Module, fake: torch.Tensor, onehot: Optional[torch.Tensor],
+                       real: Optional[torch.Tensor] = None):
         return F.softplus(-critic(fake, onehot).float()).mean()
+
+
+class RpGAN:
+    """The relativistic pairing loss (Jolicoeur-Martineau 2018; R3GAN's baseline): the critic
+    minimises softplus(-(D(real_i) - D(fake_i))) over the pairs of one global row i, the
+    generator softplus(-(D(fake_i) - D(real_i))), with gamma/2 * (R1 + R2), the squared
+    gradient norms on the real AND the fake images (zero-centred, per sample), lazily every
+    k-th critic update weighted by k (loss.gp_every). Row i's real and fake share the row's
+    labels, so the pairing never depends on W, A or the rank. Scores are defined up to a
+    constant (only differences enter): ADA counts sign(D(real_i) - D(fake_i))."""
+    stat_names = ("loss_critic", "r1", "r2", "score_real", "score_fake")
+
+    needs_double_backward = True  # R1 and R2 differentiate a gradient
+    scores_defined_up_to_a_constant = True
+    generator_sees_real = True  # the generator phase pairs its fakes with the last critic round's reals
+
+    def __init__(self, gamma: float, every: int = 1):
+        self.gamma, self.every = gamma, every
+
+    def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                    onehot: Optional[torch.Tensor], alpha: torch.Tensor, update: int = 0):
+        b = real.shape[0]
+        x = torch.cat([real, fake])
+        penalised = update % self.every == 0
+        if penalised:  # one forward over both halves; R1 and R2 from one gradient w.r.t. it
+            x = x.detach().requires_grad_(True)
+        scores = critic(x, _repeat(onehot, 2)).float()
+        s_real, s_fake = scores[:b], scores[b:]
+        r1 = r2 = torch.zeros((), device=real.device)
+        if penalised:
+            (grad,) = torch.autograd.grad(scores.sum(), x, create_graph=True)
+            with torch.autocast(grad.device.type, enabled=False):  # the norms in fp32
+                norms = grad.float().flatten(1).pow(2).sum(1)
+            r1, r2 = norms[:b].mean() * self.every, norms[b:].mean() * self.every  # logged scaled, as R1
+        loss = F.softplus(-(s_real - s_fake)).mean() + 0.5 * self.gamma * (r1 + r2)
+        return loss, torch.stack([loss, r1, r2, s_real.mean(), s_fake.mean()]).detach()
+
+    def generator_loss(self, critic: nn.Module, fake: torch.Tensor, onehot: Optional[torch.Tensor],
+                       real: Optional[torch.Tensor] = None):
+        b = fake.shape[0]
+        scores = critic(torch.cat([fake, real.detach()]), _repeat(onehot, 2)).float()
+        return F.softplus(-(scores[:b] - scores[b:])).mean()
+
+
+RPGAN_GAMMA = 0.05  # R3GAN's CIFAR-10 value (32x32); it scales with the data: FFHQ-64 takes 2
 
 
 def build_loss(loss):
@@ -139,4 +192,6 @@ def build_loss(loss):
         return WGANGP(loss.gp_lambda, loss.gp_every)
     if loss.kind == "ns_r1":
         return NonSaturatingR1(10.0 if loss.r1_gamma is None else loss.r1_gamma, loss.gp_every)
+    if loss.kind == "rpgan":
+        return RpGAN(RPGAN_GAMMA if loss.r1_gamma is None else loss.r1_gamma, loss.gp_every)
     return Hinge() if loss.kind == "hinge" else BCE()

@@ -34,6 +34,7 @@ from gan_dist.training.augment import Augment, AugmentedCritic
 from gan_dist.training.divergence import Monitor
 from gan_dist.training.ema import EMA
 from gan_dist.training.losses import build_loss
+from gan_dist.training.schedule import Schedules, resolve_total
 from gan_dist.training.window import Window, grad_norms
 
 
@@ -78,6 +79,9 @@ class Trainer:
         self.generator, self.critic = build.networks(cfg, self.info, world, models,
                                                      build.per_forward(cfg, world, saved))
         self.loss = build_loss(cfg.loss)
+        # lr, gamma, beta2 by the step: T is the first start's (the checkpoint keeps it)
+        total, self.schedule_changes = resolve_total(cfg, found[0] if found is not None else None)
+        self.schedules = Schedules(cfg, total, self.loss)
         # train.micro_batch=auto: every rank probes its own device on its networks, left as they were
         with unchanged(self.generator, self.critic):
             self.layout, notes = layout.resolve(cfg, world, saved, build.probe(cfg, world, self.loss, self.generator,
@@ -89,7 +93,8 @@ class Trainer:
         self.num_classes = self.generator.num_classes
         self.batches_per_step = 1 if cfg.loss.reuse_batch else cfg.loss.n_critic
 
-        self.ema = EMA(self.generator, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+        self.ema = EMA(self.generator, cfg.train.ema_decay, cfg.train.ema_kimg, cfg.train.ema_rampup,
+                       cfg.train.batch_size) if cfg.train.ema_decay > 0 or cfg.train.ema_kimg > 0 else None
         self.stream = BatchStream(dataset, cfg, world)
         self.monitor = Monitor(cfg.train.divergence_factor)
         self.best = None
@@ -149,7 +154,7 @@ class Trainer:
             return
         state, path = found
         changes = checkpoint.check_compatible(state, cfg, path, self.fingerprint) + self._load(state, path) + \
-            augment.resume_changes(state, cfg)
+            augment.resume_changes(state, cfg) + self.schedule_changes
         self.wandb_run_id = str(state.get("wandb_run_id", ""))
         if self.world.is_main:
             print(f"resuming from {path} (step {self.step})" + (f"; changed: {', '.join(changes)}" if changes else ""),
@@ -164,8 +169,10 @@ class Trainer:
         if rollbacks is not None:  # a rollback: the checkpoint's count is older
             self.monitor.rollbacks = rollbacks
         self.step = int(state["step"])
-        return checkpoint.apply_optimizer_config({"generator": self.opt_g, "critic": self.opt_c}, self.cfg, state,
-                                                 self.world.world_size, self.lr_scale)
+        optimizers = {"generator": self.opt_g, "critic": self.opt_c}
+        changes = checkpoint.apply_optimizer_config(optimizers, self.cfg, state, self.world.world_size, self.lr_scale)
+        self.schedules.apply(self.step, optimizers, self.loss, self.lr_scale)  # the scheduled values of this step
+        return changes
 
     @property
     def lr_scale(self) -> float:
@@ -211,6 +218,7 @@ class Trainer:
         before): the update of the whole global batch, for any W x A."""
         # Layer randomness (dropout) is reseeded per (step, rank): resume stays exact.
         torch.manual_seed(mix_seed(self.cfg.seed, step, "layers", self.world.rank))
+        self.schedules.apply(step, {"generator": self.opt_g, "critic": self.opt_c}, self.loss, self.lr_scale)
         a, mb, n_critic = self.layout.accumulation, self.layout.micro_batch, self.cfg.loss.n_critic
         critic_stats = 0.0
         for i in range(n_critic):
@@ -235,7 +243,10 @@ class Trainer:
             self.opt_c.step()
 
         z, labels, _ = self._draw(step, "generator")
-        onehot = self._onehot(labels)
+        # RpGAN pairs each fake with the real of its row (the last critic round's: no extra
+        # fetch), made with that real's labels; the other losses draw the labels
+        sees_real = getattr(self.loss, "generator_sees_real", False)
+        onehot = onehot if sees_real else self._onehot(labels)
         loss_g = 0.0
         self.opt_g.zero_grad(set_to_none=True)
         with frozen(self.critic):  # the bare critic: no critic all-reduce in this phase
@@ -247,7 +258,7 @@ class Trainer:
                 with reduce_last(self.generator_ddp, m, a):
                     with torch.autocast(**self.autocast):
                         loss = self.loss.generator_loss(self.generator_phase_critic, self.generator_ddp(z[part], oh),
-                                                        oh)
+                                                        oh, real[part])
                     (loss / a).backward()
                 loss_g = loss_g + loss.detach() / a
         self.opt_g.step()
@@ -342,6 +353,8 @@ class Trainer:
         self.last_metrics = {**means, **norms, "epoch": self.stream.epoch, "lr": self.opt_g.param_groups[0]["lr"],
                              "lr_critic": self.opt_c.param_groups[0]["lr"], "accumulation": self.layout.accumulation,
                              "images_per_sec": images / elapsed, "step_time": elapsed / steps,
+                             **self.schedules.metrics(max(self.step - 1, 0), self.lr_scale),  # what the last step used
+                             **({"ema_halflife_kimg": self.ema.halflife_kimg(max(self.step - 1, 0))} if self.ema else {}),
                              **(self.augment.metrics() if self.augment is not None else {}),
                              **({"startup_s": self.startup_s} if self.startup_s is not None else {})}
         self.startup_s = None  # in the first row after a start only
@@ -387,6 +400,7 @@ class Trainer:
         return {**{name: part.state_dict() for name, part in self.parts.items()}, "step": self.step,
                 "world_size": self.world.world_size, "config": to_dict(self.cfg), "data_info": dataclasses.asdict(self.info),
                 "data_fingerprint": self.fingerprint, "micro_batch": self.layout.micro_batch,
+                "schedule_steps": self.schedules.total,
                 "wandb_run_id": self.wandb_run_id}
 
     def save_checkpoint(self, name: str = "") -> None:
