@@ -16,7 +16,8 @@ from typing import Callable
 
 from gan_dist.errors import UserError, first_line
 
-MODELS = {"dcgan": "gan_dist.models.dcgan:build", "mlp": "gan_dist.models.mlp:build"}
+MODELS = {"dcgan": "gan_dist.models.dcgan:build", "mlp": "gan_dist.models.mlp:build",
+          "r3gan": "gan_dist.models.r3gan:build"}
 DATASETS = {"digits": "gan_dist.data.datasets:digits", "fashion_mnist": "gan_dist.data.datasets:fashion_mnist",
             "mnist": "gan_dist.data.datasets:mnist",
             "image_folder": "gan_dist.data.folder:image_folder", "zip": "gan_dist.data.zipdata:zip_images"}

@@ -48,6 +48,11 @@ def bench_rows(zip_path: str) -> list[tuple[str, list[str]]]:
         ("glasses128 tf32 zip, 8 workers", ["--rows", "ws1", *at[128], *TF32, *real, "data.num_workers=8"]),
         ("glasses128 bf16 compile (synthetic)", ["--rows", "ws1", *at[128], *BF16, "train.compile=true",
                                                  "--synthetic"]),
+        # the paper's CIFAR-10 network (768 wide, 96 groups) at a batch one GPU takes
+        ("r3gan cifar10 bf16 (synthetic)", ["--rows", "ws1", "--config", "configs/r3gan_cifar10.yaml", *BF16,
+                                            "train.batch_size=64", "--synthetic"]),
+        ("r3gan cifar10 tf32 (synthetic)", ["--rows", "ws1", "--config", "configs/r3gan_cifar10.yaml", *TF32,
+                                            "train.batch_size=64", "--synthetic"]),
     ]
 
 

@@ -27,7 +27,8 @@ LOSSES = {"wgan_gp": ["loss.kind=wgan_gp", "loss.n_critic=3"],
           # EMA is compared too (its decay follows from the global batch, not from W or A)
           "rpgan-schedules": ["loss.kind=rpgan", "loss.n_critic=2", "loss.gp_every=2", "loss.r1_gamma=1.0",
                               "loss.r1_gamma_end=0.1", "optim.schedule=cosine", "optim.beta2_end=0.99",
-                              "train.ema_kimg=0.2", "train.ema_rampup=0.5"]}
+                              "train.ema_kimg=0.2", "train.ema_rampup=0.5"],
+          "r3gan-rpgan": ["model.kind=r3gan", "loss.kind=rpgan", "loss.n_critic=1", "loss.r1_gamma=0.5"]}
 
 
 def _max_diff(a: dict, b: dict) -> float:

@@ -53,10 +53,15 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    kind: str = setting("dcgan", "dcgan | mlp | package.module:factory (your own pair)")
+    kind: str = setting("dcgan", "dcgan | mlp | r3gan (R3GAN's residual network, no normalization) | "
+                        "package.module:factory (your own pair)")
     conditional: bool = setting(True, "labels as one-hot channels (critic) and concatenated to z (generator)")
     z_dim: int = setting(64, "noise dimensions")
-    width: int = setting(32, "DCGAN base channel count")
+    width: int = setting(32, "DCGAN base channel count; r3gan: every stage 2 x width wide unless model.widths")
+    widths: list[int] = setting([], "r3gan: the width of each stage, 4x4 first (as many as stages: 4x4 to "
+                                "data.image_size); empty: 2 x model.width")
+    groups: list[int] = setting([], "r3gan: the grouped 3x3's groups per stage; empty: 16 expanded channels a group")
+    blocks: list[int] = setting([], "r3gan: residual blocks per stage; empty: 2 each")
     hidden: list[int] = setting([1024, 512, 256], "MLP critic widths; the generator takes them reversed")
     norm: str = setting("batch", "generator normalization: batch (SyncBatchNorm across CUDA ranks) | none")
     critic_norm: str = setting("instance", "DCGAN critic normalization: instance | none (never batch: the "
@@ -250,6 +255,7 @@ NEEDS_CLASSES = ("cond_acc", "fid_class_mean", "fid_class_max")
 ARCHITECTURE_KEYS = (
     "data.name", "data.image_size", "data.channels", "model.kind", "model.conditional",
     "model.z_dim", "model.width", "model.hidden", "model.norm", "model.critic_norm", "model.spectral_norm",
+    "model.widths", "model.groups", "model.blocks",
 )
 
 SEED_MAX = 2**63 - 1  # torch generators take 64-bit seeds; the sampler adds the epoch to it

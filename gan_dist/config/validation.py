@@ -106,6 +106,8 @@ def validate(cfg: Config) -> Config:
     size = cfg.data.image_size
     if cfg.model.kind == "dcgan" and (size < 8 or size & (size - 1)):
         raise UserError(f"data.image_size: the DCGAN needs a power of two >= 8, got {size}")
+    if cfg.model.kind == "r3gan" and (size < 4 or size & (size - 1)):
+        raise UserError(f"data.image_size: r3gan needs a power of two >= 4, got {size}")
     workers = cfg.data.num_workers
     if workers != "auto" and not (workers.lstrip("-").isdigit() and int(workers) >= 0):
         raise UserError(f"data.num_workers: must be >= 0 or auto, got {workers!r}")

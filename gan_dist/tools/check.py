@@ -205,7 +205,9 @@ def trials(cfg_file: Optional[str], overrides: list[str], cfg: Config, steps: in
         raise UserError(f"train.batch_size: {cfg.train.batch_size} is odd; the check splits it over 2 ranks")
     common = (["--config", cfg_file] if cfg_file else []) + overrides + [
         "train.threads=1", "eval.every=0", "wandb.mode=disabled", "train.log_every=1", f"train.sample_every={10**9}",
-        f"optim.eps={max(cfg.optim.eps, 1e-3)}", "train.keep_checkpoints=2"]
+        f"optim.eps={max(cfg.optim.eps, 1e-3)}", "train.keep_checkpoints=2",
+        # one schedule for every trial: the resumed one's first start would take T = K/2
+        f"optim.schedule_steps={cfg.optim.schedule_steps or steps}"]
     rows = []
     with tempfile.TemporaryDirectory(prefix="gan_dist_check_") as t:
         tmp = Path(t)
