@@ -7,7 +7,10 @@ requeued job resumes in place. Preemption / time limit: Slurm sends SIGUSR2
 `--signal-delay-s` before the end; the ranks agree at the next step boundary, rank 0 saves
 that step, submitit requeues, the job resumes. `--local` runs on this machine through
 submitit's local executor (debugging without Slurm). `--sweep key=v1,v2` submits a job
-array, one run directory per value.
+array, one run directory per value; several `--sweep` flags make a grid (every combination),
+`--sweep-file FILE` lists the combinations (a YAML list of {key: value} mappings); each run
+directory is named by its values (`model.width=32,loss.n_critic=3`) under run.dir, and a
+requeued task resumes in its own.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from typing import Optional
 import submitit
 
 from gan_dist import cli, config
-from gan_dist.errors import UserError
+from gan_dist.errors import UserError, first_line
 
 
 class TrainingJob(submitit.helpers.Checkpointable):
@@ -66,7 +69,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--max-requeues", type=int, default=3, help="time-outs after which the job is not requeued")
     p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
                    help="any other sbatch option, e.g. --slurm exclusive=true")
-    p.add_argument("--sweep", metavar="KEY=V1,V2,...", help="a job array: one run per value")
+    p.add_argument("--sweep", metavar="KEY=V1,V2,...", action="append", default=[],
+                   help="a job array: one run per value; several: one per combination (a grid)")
+    p.add_argument("--sweep-file", metavar="FILE.yaml", help="a job array of the combinations a YAML list of "
+                                                             "{key: value} mappings gives")
     p.add_argument("--local", action="store_true", help="submitit's local executor: this machine, no Slurm")
     p.add_argument("--name", default="gan_dist")
     return p.parse_args(argv)
@@ -105,24 +111,52 @@ def check_flags(args: argparse.Namespace) -> int:
     return args.nodes * (args.tasks_per_node or max(args.gpus_per_node, 1))
 
 
-def runs(args: argparse.Namespace) -> list[TrainingJob]:
-    """One job per sweep value; each config validated and its run.dir made absolute here."""
-    world_size = check_flags(args)
-    variants = [[]]
-    if args.sweep:
-        key, sep, values = args.sweep.partition("=")
-        if not sep or not values:
-            raise UserError(f"--sweep {args.sweep!r}: expected KEY=V1,V2,...")
+def variants(args: argparse.Namespace) -> list[list[str]]:
+    """The sweep's combinations as override lists ([[]]: no sweep): the grid of the --sweep
+    flags, or the --sweep-file's list; every key=value checked to be one."""
+    import itertools
+
+    if args.sweep and args.sweep_file:
+        raise UserError("--sweep and --sweep-file: one or the other")
+    if args.sweep_file:
+        import yaml
+
+        try:
+            combos = yaml.safe_load(Path(args.sweep_file).read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise UserError(f"--sweep-file {args.sweep_file}: cannot be read ({first_line(e)})") from None
+        if not (isinstance(combos, list) and combos and all(isinstance(c, dict) and c for c in combos)):
+            raise UserError(f"--sweep-file {args.sweep_file}: expected a non-empty YAML list of {{key: value}} mappings")
+        return [[f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                 for k, v in c.items()] for c in combos]
+    axes, keys = [], set()
+    for item in args.sweep:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise UserError(f"--sweep {item!r}: expected KEY=V1,V2,...")
         if any(not v for v in values.split(",")):
-            raise UserError(f"--sweep {args.sweep!r}: an empty value")
-        variants = [[f"{key}={v}"] for v in values.split(",")]
-    jobs = []
-    for extra in variants:
+            raise UserError(f"--sweep {item!r}: an empty value")
+        if key in keys:
+            raise UserError(f"--sweep {item!r}: {key} is swept twice")
+        keys.add(key)
+        axes.append([f"{key}={v}" for v in values.split(",")])
+    return [list(c) for c in itertools.product(*axes)] if axes else [[]]
+
+
+def runs(args: argparse.Namespace) -> list[TrainingJob]:
+    """One job per sweep combination; each config validated and its run.dir made absolute here."""
+    world_size = check_flags(args)
+    jobs, names = [], set()
+    for extra in variants(args):
         cfg = config.load(args.config, args.overrides + extra)
         config.check_world(cfg, world_size)
         run_dir = Path(cfg.run.dir)
-        if extra:  # one directory per value, beside each other
-            run_dir = run_dir / extra[0].replace("/", "_")
+        if extra:  # one directory per combination, beside each other, named by its values
+            name = ",".join(extra).replace("/", "_")
+            if name in names:
+                raise UserError(f"--sweep: the combination {name} comes twice")
+            names.add(name)
+            run_dir = run_dir / name
         overrides = args.overrides + extra + [f"run.dir={run_dir.resolve()}"]
         jobs.append(TrainingJob(str(Path(args.config).resolve()) if args.config else None, overrides))
     return jobs
@@ -156,7 +190,7 @@ def submit(argv: Optional[list[str]] = None) -> list:
     args = parse_args(argv)
     jobs = runs(args)
     first_dir = Path(next(o for o in jobs[0].overrides if o.startswith("run.dir=")).split("=", 1)[1])
-    folder = (first_dir.parent if args.sweep else first_dir) / "submitit"
+    folder = (first_dir.parent if len(jobs) > 1 or args.sweep or args.sweep_file else first_dir) / "submitit"
     executor = make_executor(args, folder)
     if len(jobs) == 1:
         submitted = [executor.submit(jobs[0])]

@@ -182,3 +182,31 @@ def test_a_task_uses_its_cpus_per_task_and_srun_gets_the_flag(tmp_path):
         wait_for(lambda: not _in_queue(job.job_id), 180, f"job {job.job_id}")
     finally:
         _cancel(job.job_id)
+
+
+def test_a_sweep_grid_is_one_task_and_one_run_directory_per_combination_each_resumable(tmp_path):
+    from jobs.submit import submit
+
+    root = tmp_path / "sweep"
+    common = ["--tasks-per-node", "1", "--cpus-per-task", "1", "--partition", "debug", "--timeout-min", "10",
+              "--sweep", "model.width=4,8", "--sweep", "loss.n_critic=1,2", *ARGS, f"run.dir={root}"]
+    names = [f"model.width={w},loss.n_critic={n}" for w in (4, 8) for n in (1, 2)]
+
+    def round_to(steps: int) -> list:
+        jobs = submit(common + [f"train.steps={steps}"])
+        try:
+            wait_for(lambda: all((root / n / "checkpoints" / f"step_{steps:08d}.pt").exists() for n in names)
+                     and not any(_in_queue(j.job_id) for j in jobs), 240, f"the 4 sweep tasks to reach step {steps}")
+        finally:
+            for j in jobs:
+                _cancel(j.job_id)
+        return jobs
+
+    jobs = round_to(3)
+    assert len(jobs) == 4 and len({j.job_id.split("_")[0] for j in jobs}) == 1  # one job array
+    assert sorted(p.name for p in root.iterdir() if p.name != "submitit") == sorted(names)
+    for n in names:  # each directory trained its own combination
+        saved = latest_ckpt(root / n)["config"]
+        assert f"model.width={saved['model']['width']},loss.n_critic={saved['loss']['n_critic']}" == n
+    jobs = round_to(5)  # the same command, further: each task resumes in its own directory
+    assert all("resuming from" in Path(j.paths.stdout).read_text() for j in jobs)

@@ -23,7 +23,7 @@ from gan_dist.runs.run_dir import RunDir
 # without panels too. Quality metrics are measured now and then: their nulls are not gaps.
 FIGURES = {
     "losses.png": [("losses", ["loss_critic", "loss_gen"]),
-                   ("critic (WGAN-GP, R1)", ["wasserstein", "gp", "r1"]),
+                   ("critic (WGAN-GP, R1, R2)", ["wasserstein", "gp", "r1", "r2"]),
                    ("discriminator probabilities (BCE)", ["p_real", "p_fake"]),
                    ("discriminator scores (hinge, NS)", ["score_real", "score_fake"]),
                    ("discriminator (runs before gan_dist 0.3)", ["d_real", "d_fake"]),
