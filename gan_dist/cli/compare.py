@@ -20,12 +20,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
 
     def run() -> int:
-        from gan_dist.tools.compare import compare, plot, table
+        from gan_dist.tools.compare import compare, load_run, plot, table
 
-        differ, rows = compare(args.run_dirs, args.sort)
+        runs = [load_run(Path(d)) for d in args.run_dirs]  # each read once, for the table and the plot
+        differ, rows = compare(runs, args.sort)
         print(table(differ, rows))
         if args.plot:
-            path = plot(args.run_dirs, args.metric or args.sort, Path(args.plot))
+            path = plot(runs, args.metric or args.sort, Path(args.plot))
             print(f"wrote {path}" if path else f"no run has {args.metric or args.sort} yet: no plot")
         return 0
     return cli.run(run)

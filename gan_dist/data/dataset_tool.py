@@ -28,6 +28,7 @@ import signal
 import socket
 import sys
 import zipfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -141,12 +142,13 @@ def source_channels(source: Source) -> int:
         return 1
     step = max(1, len(source.items) // 16)
     modes = set()
-    for item in source.items[::step]:
-        try:
-            with _opened(source, item) as f, Image.open(f) as img:
-                modes.add(img.mode)
-        except Exception:  # noqa: BLE001 (unreadable: the conversion names and skips it)
-            continue
+    with (zipfile.ZipFile(source.path) if source.kind == "zip" else nullcontext()) as z:
+        for item in source.items[::step]:
+            try:
+                with (z.open(item) if z is not None else open(source.path / item, "rb")) as f, Image.open(f) as img:
+                    modes.add(img.mode)
+            except Exception:  # noqa: BLE001 (unreadable: the conversion names and skips it)
+                continue
     return 1 if modes and modes <= set(GRAYSCALE_MODES) else 3
 
 
@@ -165,10 +167,6 @@ def _open(source: Source, settings: dict) -> None:
     elif source.kind == "idx":
         count = max(source.items) + 1
         _worker["idx"] = np.memmap(source.path, dtype=np.uint8, mode="r", offset=16, shape=(count, 28, 28))
-
-
-def _opened(source: Source, item):
-    return zipfile.ZipFile(source.path).open(item) if source.kind == "zip" else open(source.path / item, "rb")
 
 
 def _image(item) -> Image.Image:

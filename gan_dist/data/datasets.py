@@ -265,7 +265,7 @@ def pixel_digest(dataset: Dataset) -> Optional[str]:
             item = dataset[i]
             image = torch.as_tensor(item[0] if isinstance(item, (tuple, list)) else item).detach().cpu().contiguous()
             h.update(f"{image.dtype}{tuple(image.shape)}".encode())
-            h.update(image.view(torch.uint8).numpy().tobytes() if image.dtype != torch.uint8 else image.numpy().tobytes())
+            h.update(image.view(torch.uint8).numpy().tobytes())
     except Exception:  # noqa: BLE001 (a dataset that cannot be sampled: not compared)
         return None
     return h.hexdigest()[:16]

@@ -109,7 +109,7 @@ class SkippingImageFolder(datasets.ImageFolder):
     file_backed = True  # data.num_workers=auto gives it loader workers
 
     def __init__(self, root: Path, found: dict, transform):
-        self._found = found
+        self._found, self._skips = found, Skips("unreadable image")
         super().__init__(str(root), transform=transform, loader=load_image)
 
     def find_classes(self, directory):
@@ -128,12 +128,6 @@ class SkippingImageFolder(datasets.ImageFolder):
                 self._skips.skip(self.samples[i][0], e)
         raise UserError(f"data.root: {self.MAX_CONSECUTIVE} images in a row do not decode "
                         f"(from {self.samples[index][0]}); is {self.root} an image folder?")
-
-    @property
-    def _skips(self) -> Skips:
-        if not hasattr(self, "_skip_log"):
-            self._skip_log = Skips("unreadable image")
-        return self._skip_log
 
 
 def image_folder(cfg: Config):

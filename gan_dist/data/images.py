@@ -38,8 +38,12 @@ def to_8bit(img: Image.Image) -> Image.Image:
 
         a = np.asarray(img, dtype=np.float64)
         peak = float(a.max()) if a.size else 0.0
-        top = 1.0 if img.mode == "F" and peak <= 1.0 else 255.0 if peak <= 255 and not img.mode.startswith("I;16") \
-            else 65535.0
+        if img.mode == "F" and peak <= 1.0:  # a float image in [0, 1]
+            top = 1.0
+        elif img.mode.startswith("I;16") or peak > 255:  # 16 bits (I and F holding them)
+            top = 65535.0
+        else:  # 8-bit values in a wider mode
+            top = 255.0
         return Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
     if img.mode == "P":
         return img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -139,4 +143,4 @@ class Skips:
             log.warning("skipping %s%s (%s); %s", self.what and self.what + " ", name,
                         error if isinstance(error, str) else first_line(error), self.then)
         if len(self.seen) == self.NAMED:
-            log.warning("more than %d of them: further ones are skipped without a line each (this process)", self.NAMED)
+            log.warning("%d skipped: further ones are skipped without a line each (this process)", self.NAMED)

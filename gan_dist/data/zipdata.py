@@ -93,6 +93,12 @@ def read_labels(meta: Optional[dict], names: list[str], where: str) -> tuple[Opt
     return labels, classes
 
 
+def _identity(fd: int) -> tuple:
+    """What tells one file from its replacement: device, inode, size, modification time."""
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class ZipImages(Dataset):
     MAX_CONSECUTIVE = 100
     file_backed = True  # data.num_workers=auto gives it loader workers
@@ -107,8 +113,7 @@ class ZipImages(Dataset):
         self._fd, self._pid = None, os.getpid()
         try:
             self._fd = os.open(self.path, os.O_RDONLY)
-            st = os.fstat(self._fd)
-            self._identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            self._identity = _identity(self._fd)
             with zipfile.ZipFile(os.fdopen(os.dup(self._fd), "rb")) as z:
                 infos = {i.filename: i for i in z.infolist()}
                 raw = z.read(META) if META in infos else None
@@ -168,8 +173,7 @@ class ZipImages(Dataset):
         """The member's file, read at its offset (a stored member as it is, a deflated one inflated)."""
         if self._fd is None:  # unpickled (spawn, forkserver workers): reopened, and checked to be the same file
             fd = os.open(self.path, os.O_RDONLY)
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != self._identity:
+            if _identity(fd) != self._identity:
                 os.close(fd)
                 raise UserError(f"data.root: {self.path} changed since start-up (replaced or rewritten): restart the "
                                 "run once it stays put")

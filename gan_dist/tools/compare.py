@@ -58,11 +58,11 @@ def summary(run: dict) -> dict:
     return out
 
 
-def compare(run_dirs: list[str], sort: str = "fid") -> tuple[list[str], list[dict]]:
-    """(the setting keys that differ, one row per run sorted by the final `sort` metric)."""
+def compare(runs: list[dict], sort: str = "fid") -> tuple[list[str], list[dict]]:
+    """(the setting keys that differ, one row per run sorted by the final `sort` metric); runs:
+    load_run's."""
     if sort not in METRICS:
         raise UserError(f"--sort: one of {', '.join(METRICS)}, got {sort!r}")
-    runs = [load_run(Path(d)) for d in run_dirs]
     keys = sorted({k for r in runs for k in r["settings"]})
     differ = [k for k in keys if k != "run.dir" and len({repr(r["settings"].get(k)) for r in runs}) > 1]
     rows = [{"dir": str(r["dir"]), "settings": {k: r["settings"].get(k) for k in differ}, **summary(r)} for r in runs]
@@ -94,7 +94,7 @@ def table(differ: list[str], rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(run_dirs: list[str], metric: str, out: Path) -> Optional[Path]:
+def plot(runs: list[dict], metric: str, out: Path) -> Optional[Path]:
     """One line per run: `metric` against the images the generator has seen (step x global batch);
     the real-vs-real value dashed. None when no run has the metric yet."""
     import matplotlib
@@ -104,15 +104,14 @@ def plot(run_dirs: list[str], metric: str, out: Path) -> Optional[Path]:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = False
-    for d in run_dirs:
-        run = load_run(Path(d))
+    for run in runs:
         batch = int(run["settings"].get("train.batch_size", 1))
         have = [r for r in run["rows"] if r.get(metric) is not None]
         if not have:
             continue
         drawn = True
         line, = ax.plot([r["step"] * batch / 1000 for r in have], [r[metric] for r in have], marker="o",
-                        label=Path(d).name)
+                        label=run["dir"].name)
         if have[-1].get(f"ref_{metric}") is not None:
             ax.axhline(have[-1][f"ref_{metric}"], color=line.get_color(), linestyle="--", linewidth=0.8)
     if not drawn:

@@ -36,7 +36,9 @@ class EMA:
     def halflife_kimg(self, step: int) -> float:
         """The current half-life in thousands of images (what the dashboard shows)."""
         decay = self.decay_at(step)
-        return 0.0 if decay <= 0 else self.batch * math.log(0.5) / math.log(decay) / 1000.0 if decay < 1 else math.inf
+        if decay <= 0:  # no memory: the EMA is the generator
+            return 0.0
+        return self.batch * math.log(0.5) / math.log(decay) / 1000.0 if decay < 1 else math.inf
 
     def update(self, generator: nn.Module, step: int) -> None:
         decay = self.decay_at(step)

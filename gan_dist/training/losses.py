@@ -28,11 +28,17 @@ def gradient_penalty(scores: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor
         return ((grad.float().flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
 
 
-def r1_penalty(scores: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    """mean_i ||d scores_i / d real_i||^2 (Mescheder et al. 2018), per sample, create_graph."""
+def squared_grad_norms(scores: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """||d scores_i / d inputs_i||^2 per sample (in fp32), create_graph: the zero-centred
+    penalties (R1 on reals, R2 on fakes) differentiate it w.r.t. the critic."""
     (grad,) = torch.autograd.grad(scores.float().sum(), inputs, create_graph=True)
     with torch.autocast(grad.device.type, enabled=False):
-        return grad.float().flatten(1).pow(2).sum(1).mean()
+        return grad.float().flatten(1).pow(2).sum(1)
+
+
+def r1_penalty(scores: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """mean_i ||d scores_i / d real_i||^2 (Mescheder et al. 2018)."""
+    return squared_grad_norms(scores, inputs).mean()
 
 
 def _repeat(onehot: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
@@ -169,9 +175,7 @@ class RpGAN:
         s_real, s_fake = scores[:b], scores[b:]
         r1 = r2 = torch.zeros((), device=real.device)
         if penalised:
-            (grad,) = torch.autograd.grad(scores.sum(), x, create_graph=True)
-            with torch.autocast(grad.device.type, enabled=False):  # the norms in fp32
-                norms = grad.float().flatten(1).pow(2).sum(1)
+            norms = squared_grad_norms(scores, x)
             r1, r2 = norms[:b].mean() * self.every, norms[b:].mean() * self.every  # logged scaled, as R1
         loss = F.softplus(-(s_real - s_fake)).mean() + 0.5 * self.gamma * (r1 + r2)
         return loss, torch.stack([loss, r1, r2, s_real.mean(), s_fake.mean()]).detach()

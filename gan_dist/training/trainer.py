@@ -71,7 +71,9 @@ class Trainer:
         cfg, world = self.cfg, self.world
         dataset, self.info = (check_dataset(data, cfg) if isinstance(data, (tuple, list))
                               else build_dataset(cfg, world, factory=data))
-        self.fingerprint = fingerprint(dataset, self.info)
+        # rank 0 decodes the fingerprint's sample; the other ranks take its result (one read of
+        # 64 images per job, not per rank, on a shared filesystem)
+        self.fingerprint = distributed.on_main(lambda: fingerprint(dataset, self.info), world, "the dataset fingerprint")
         # What the run resumes from, read first: its micro-batch sets the memory per rank
         found = checkpoint.resume_state(self.run_dir.path, world, cfg.run.shared_fs_wait_s)
         saved = int(found[0]["micro_batch"]) if found is not None and "micro_batch" in found[0] else None
