@@ -146,6 +146,9 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     steps: int = setting(3000, "generator steps to train to")
+    max_time_s: float = setting(0.0, "a wall-clock budget: the run finishes at the first step after this many seconds "
+                                "of training (summed over resumes; start-up not counted), saved and evaluated as at "
+                                "train.steps, every rank at the same step; 0: none (Lightning's max_time)")
     batch_size: int = setting(64, "the GLOBAL batch, split evenly across ranks")
     micro_batch: str = setting("0", "images per rank per forward (gradient accumulation over batch_size / (W x "
                                "micro_batch) micro-batches); 0: batch_size / W at the first start, then kept by "
@@ -189,6 +192,9 @@ class EvalConfig:
     num_samples: int = setting(1000, "generated images per evaluation, split across ranks (at most the real "
                               "held-out half: both sides are scored at the same n; at least 4)")
     features: str = setting("digits", "digits[:PATH] | fid_inception[:PATH] | inception:PATH | torchscript:PATH")
+    real: str = setting("", "a held-out real set to score against: a data.root for data.name's reader that "
+                        "training never reads ((Fashion-)MNIST: its t10k test files where present); "
+                        "empty: two halves of the training data")
     use_ema: bool = setting(True, "sample grids and evaluation from the EMA generator")
     kid_subsets: int = setting(10, "KID: the mean and std over this many random subsets ...")
     kid_subset_size: int = setting(1000, "... of this many samples (fewer if a set is smaller)")
@@ -291,6 +297,7 @@ RANGES = {
     "augment.interval": (1, None, True, True),
     "augment.speed_kimg": (0.0, None, False, True),
     "train.steps": (0, None, True, True),
+    "train.max_time_s": (0.0, None, True, True),
     "train.batch_size": (1, None, True, True),
     "train.threads": (1, None, True, True),
     "train.log_every": (1, None, True, True),

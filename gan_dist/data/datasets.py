@@ -7,6 +7,7 @@ Bad files end in one line naming the file, before any training: a (Fashion-)MNIS
 that is empty, not IDX, truncated, or whose image and label counts differ."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -74,7 +75,12 @@ def digits(cfg: Config) -> tuple[Dataset, DataInfo]:
 
 
 # ---- Fashion-MNIST and MNIST ------------------------------------------------------------------------
-IDX_FILES = {"train-images-idx3-ubyte": (0x0803, 3), "train-labels-idx1-ubyte": (0x0801, 1)}
+def idx_files(split: str = "train") -> dict:
+    """The IDX files of a split ("train", or "t10k": (Fashion-)MNIST's test split): name -> (magic, dims)."""
+    return {f"{split}-images-idx3-ubyte": (0x0803, 3), f"{split}-labels-idx1-ubyte": (0x0801, 1)}
+
+
+IDX_FILES = idx_files()
 
 
 def check_idx(path: Path, magic: int, dims: int) -> int:
@@ -106,9 +112,10 @@ def check_idx(path: Path, magic: int, dims: int) -> int:
 IDX_DATASETS = {"fashion_mnist": ("FashionMNIST", "Fashion-MNIST"), "mnist": ("MNIST", "MNIST")}
 
 
-def idx_dataset(cfg: Config, name: str) -> tuple[Dataset, DataInfo]:
+def idx_dataset(cfg: Config, name: str, split: str = "train") -> tuple[Dataset, DataInfo]:
     """Fashion-MNIST or MNIST (`name`) from their IDX files in data.root/<FashionMNIST|MNIST>/raw,
-    read by torchvision; the files are checked first (one line naming a bad file)."""
+    read by torchvision; the files are checked first (one line naming a bad file). split:
+    "train", or "t10k" (the test split, which evaluation's eval.real reads)."""
     from torchvision import datasets
 
     folder, title = IDX_DATASETS[name]
@@ -123,21 +130,22 @@ def idx_dataset(cfg: Config, name: str) -> tuple[Dataset, DataInfo]:
     elif not root.is_dir():
         raise UserError(f"data.root: {root} does not exist (set data.download=true to fetch {title})")
     raw = root / folder / "raw"
-    missing = [name for name in IDX_FILES if not (raw / name).is_file()]
+    files = idx_files(split)
+    missing = [name for name in files if not (raw / name).is_file()]
     if missing:
         raise UserError(f"data.root: no {title} in {root} ({raw / missing[0]} not found); "
                         f"set data.download=true or point data.root at the folder holding {folder}/raw")
-    counts = {name: check_idx(raw / name, *spec) for name, spec in IDX_FILES.items()}
+    counts = {name: check_idx(raw / name, *spec) for name, spec in files.items()}
     images, labels = counts.values()
     if images != labels:
         raise UserError(f"data.root: {raw} holds {images} images but {labels} labels: the files do not belong together")
     from torchvision.datasets.mnist import read_image_file, read_label_file
 
     # torchvision's dataset class also demands the t10k files, which training never reads
-    ds = IdxImages(read_image_file(str(raw / "train-images-idx3-ubyte")),
-                   read_label_file(str(raw / "train-labels-idx1-ubyte")), size)
+    ds = IdxImages(read_image_file(str(raw / f"{split}-images-idx3-ubyte")),
+                   read_label_file(str(raw / f"{split}-labels-idx1-ubyte")), size)
     if int(ds.targets.max()) >= 10:
-        raise UserError(f"data.root: {raw / 'train-labels-idx1-ubyte'} has label {int(ds.targets.max())}; "
+        raise UserError(f"data.root: {raw / f'{split}-labels-idx1-ubyte'} has label {int(ds.targets.max())}; "
                         f"{title}'s are 0-9")
     return ds, DataInfo(10, 1, size)
 
@@ -193,6 +201,33 @@ def build_dataset(cfg: Config, world: Optional[World] = None, factory: Optional[
                          + first_line(e))
         raise_if_any(error, world)  # also the barrier between the turns
     return result
+
+
+def held_out_real(cfg: Config, world: World, train_info: DataInfo, factory: Optional[Callable] = None) -> Dataset:
+    """eval.real: the real images evaluation scores against instead of halves of the training
+    set -- data.name's reader on the root eval.real names (for (Fashion-)MNIST its t10k test
+    files where present), which the generator never trains on. Its shape and classes must
+    be the training data's; errors name eval.real."""
+    root = cfg.eval.real
+    if cfg.data.name == "digits" and factory is None:
+        raise UserError("eval.real: data.name=digits is the embedded set, read from no root; leave eval.real empty")
+    held = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=root, download=False),
+                               train=dataclasses.replace(cfg.train, batch_size=1))  # no batch drawn from it
+    try:
+        if cfg.data.name in IDX_DATASETS and factory is None:
+            raw = Path(root) / IDX_DATASETS[cfg.data.name][0] / "raw"
+            split = "t10k" if (raw / "t10k-images-idx3-ubyte").is_file() else "train"
+            dataset, info = check_dataset(idx_dataset(held, cfg.data.name, split), held)
+        else:
+            dataset, info = build_dataset(held, world, factory)
+    except UserError as e:
+        raise UserError("eval.real: " + str(e).removeprefix("data.root: ")) from None
+    if (info.channels, info.image_size, info.num_classes) != \
+            (train_info.channels, train_info.image_size, train_info.num_classes):
+        raise UserError(f"eval.real: {root} holds {info.channels}-channel {info.image_size}px images in "
+                        f"{info.num_classes} classes; the training data's are {train_info.channels}-channel "
+                        f"{train_info.image_size}px in {train_info.num_classes}")
+    return dataset
 
 
 def check_dataset(result, cfg: Config) -> tuple[Dataset, DataInfo]:

@@ -146,7 +146,7 @@ def prepare(cfg, dataset, world: World, info, run_dir) -> tuple[FeatureNet, Refe
         print(f"evaluation: {n} generated and {n} held-out real images, each against the {len(ref_idx)}-image "
               "reference half" + (f" (eval.num_samples={cfg.eval.num_samples}: the held-out half has only {n})"
                                   if n < cfg.eval.num_samples else ""), flush=True)
-    key = hashlib.sha256(repr((feature_net.identity, feature_net.name, cfg.data.name, cfg.data.root,
+    key = hashlib.sha256(repr((feature_net.identity, feature_net.name, cfg.data.name, cfg.data.root, cfg.eval.real,
                                info.image_size, info.channels, len(dataset), len(ref_idx), n, cfg.eval.kid_subsets,
                                cfg.eval.kid_subset_size)).encode()).hexdigest()[:16]
     path = run_dir.eval / f"reference_{key}.pt"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import time
 from contextlib import nullcontext
 from typing import Callable, Optional, Union
 
@@ -18,8 +19,8 @@ from torch.utils.data import Dataset
 
 from gan_dist import distributed
 from gan_dist.config import METRIC_DIRECTION, NEEDS_CLASSES, Config, dump, to_dict
-from gan_dist.data import BatchStream, DataInfo, build_dataset, check_dataset, fingerprint
-from gan_dist.distributed import World, check_consistency
+from gan_dist.data import BatchStream, DataInfo, build_dataset, check_dataset, fingerprint, held_out_real
+from gan_dist.distributed import World, check_consistency, max_over_ranks
 from gan_dist.distributed.preemption import Preemption
 from gan_dist.distributed.seeding import draw, mix_seed
 from gan_dist.errors import UserError
@@ -116,8 +117,15 @@ class Trainer:
         self.feature_net = self.reference = None
         self.eval_every = evaluation.effective_every(cfg, own_data=data is not None, is_main=world.is_main)
         if self.eval_every:  # load (and fail) before training; the real set's features once per run
-            self.feature_net, self.reference = evaluation.prepare(cfg, dataset, world, self.info, self.run_dir)
+            real = dataset
+            if cfg.eval.real:
+                if isinstance(data, (tuple, list)):
+                    raise UserError("eval.real: a root for data.name's reader; with the dataset passed in "
+                                    "as (dataset, info) pass a factory instead, which eval.real's root is given to")
+                real = held_out_real(cfg, world, self.info, factory=data)
+            self.feature_net, self.reference = evaluation.prepare(cfg, real, world, self.info, self.run_dir)
         self.step, self.wandb_run_id, self.last_metrics, self.startup_s = 0, "", {}, None
+        self.train_seconds, self.started = 0.0, None  # train.max_time_s: what earlier starts spent; this start's clock
         self.window = Window(self.loss.stat_names + ("loss_gen",), world.device)
         self._resume(found)
         if world.is_main:
@@ -171,6 +179,8 @@ class Trainer:
         if rollbacks is not None:  # a rollback: the checkpoint's count is older
             self.monitor.rollbacks = rollbacks
         self.step = int(state["step"])
+        if rollbacks is None:  # a resume; a rollback's wall time still counts against the budget
+            self.train_seconds = float(state.get("train_seconds", 0.0))
         optimizers = {"generator": self.opt_g, "critic": self.opt_c}
         changes = checkpoint.apply_optimizer_config(optimizers, self.cfg, state, self.world.world_size, self.lr_scale)
         self.schedules.apply(self.step, optimizers, self.loss, self.lr_scale)  # the scheduled values of this step
@@ -293,8 +303,10 @@ class Trainer:
         cfg, world = self.cfg, self.world
         # what every rank of a job pays before it trains: interpreter, imports, data, models, resume
         self.startup_s = clock.process_age()
-        if self.step >= cfg.train.steps:
-            self.tracker.info(f"nothing to do: {self.run_dir.path} is at step {self.step} (train.steps={cfg.train.steps})")
+        if self.step >= cfg.train.steps or self._out_of_time():
+            self.tracker.info(f"nothing to do: {self.run_dir.path} is at step {self.step} (train.steps={cfg.train.steps}"
+                              + (f", {self.train_seconds:.0f} s of train.max_time_s={cfg.train.max_time_s:g} spent)"
+                                 if cfg.train.max_time_s else ")"))
             return "finished"
         self.tracker.info(f"training {cfg.model.kind}/{cfg.loss.kind} on {cfg.data.name}: steps {self.step}->"
                           f"{cfg.train.steps}, global batch {cfg.train.batch_size} on {world.world_size} rank(s), "
@@ -302,11 +314,12 @@ class Trainer:
                           f"{self.layout.accumulation} micro-batch(es) of {self.layout.micro_batch}; start-up "
                           f"{self.startup_s:.1f} s (process start to first step)")
         self.window.reset()
+        self.started = time.monotonic()
         while self.step < cfg.train.steps:
             self.window.add(self.train_step(self.step), self.step)
             self.step += 1
             self.tracker.advance()
-            last = self.step == cfg.train.steps
+            last = self.step == cfg.train.steps or self._out_of_time()
             # The one per-step collective: a CPU all-reduce of the signal flags, so every rank
             # stops at the same step even when only some ranks received the signal.
             stop = self.preemption.agree(world) > 0 and not last
@@ -323,7 +336,22 @@ class Trainer:
                 self.save_checkpoint()
             if stop:
                 return self._stop()
+            if last:
+                break
+        if cfg.train.max_time_s and self.step < cfg.train.steps:
+            self.tracker.info(f"train.max_time_s={cfg.train.max_time_s:g} reached at step {self.step} (saved)")
         return "finished"
+
+    @property
+    def spent_s(self) -> float:
+        """Seconds of training so far, over every start of this run (start-up not counted)."""
+        return self.train_seconds + (time.monotonic() - self.started if self.started is not None else 0.0)
+
+    def _out_of_time(self) -> bool:
+        """train.max_time_s spent, by any rank's clock: one CPU all-reduce, so every rank
+        finishes at the same step (only when a budget is set: the same on every rank)."""
+        budget = self.cfg.train.max_time_s
+        return bool(budget) and bool(max_over_ranks(int(self.spent_s >= budget), self.world))
 
     def _ddp_note(self) -> str:
         if not self.world.distributed:
@@ -402,7 +430,7 @@ class Trainer:
         return {**{name: part.state_dict() for name, part in self.parts.items()}, "step": self.step,
                 "world_size": self.world.world_size, "config": to_dict(self.cfg), "data_info": dataclasses.asdict(self.info),
                 "data_fingerprint": self.fingerprint, "micro_batch": self.layout.micro_batch,
-                "schedule_steps": self.schedules.total,
+                "schedule_steps": self.schedules.total, "train_seconds": self.spent_s,
                 "wandb_run_id": self.wandb_run_id}
 
     def save_checkpoint(self, name: str = "") -> None:

@@ -1,0 +1,65 @@
+"""What a search on real data needs: a wall-clock budget per run (train.max_time_s: every rank
+finishes at the same step, saved; a resume counts the seconds already spent) and evaluation
+against a held-out real set (eval.real: MNIST's t10k files, which training never reads).
+Real processes, gloo."""
+from test_quality import EVAL, _features_file
+
+from gan_dist import config
+from gan_dist.data.datasets import build_dataset, held_out_real
+from gan_dist.distributed import World
+from gan_dist.errors import UserError
+from helpers import TINY, latest_ckpt, metrics_rows, ok, one_line_error, train, write_fashion_mnist, write_image_folder
+
+MNIST = ["data.name=mnist", "data.image_size=8"]
+
+
+def test_a_time_budget_ends_both_ranks_at_one_saved_step_and_a_resume_counts_what_was_spent(tmp_path):
+    run = tmp_path / "run"
+    args = TINY + ["train.steps=100000", "train.max_time_s=3", "train.checkpoint_every=100000", f"run.dir={run}"]
+    results = ok(train(args, world_size=2, timeout=180))
+    first = latest_ckpt(run)
+    assert 0 < first["step"] < 100000 and 3 <= first["train_seconds"] < 60
+    assert "train.max_time_s=3 reached at step" in results[0].out + results[0].err
+    # the same command: the budget is spent, nothing trains
+    again = ok(train(args, world_size=2, timeout=120))[0]
+    assert "nothing to do" in again.out + again.err and latest_ckpt(run)["step"] == first["step"]
+    # a larger budget resumes where the first stopped and counts its seconds on
+    ok(train([a.replace("max_time_s=3", "max_time_s=5") for a in args], timeout=120))
+    second = latest_ckpt(run)
+    assert second["step"] > first["step"] and 5 <= second["train_seconds"] < first["train_seconds"] + 60
+    assert metrics_rows(run)[-1]["step"] <= second["step"]
+
+
+def test_evaluation_scores_against_the_held_out_test_files(tmp_path):
+    root = write_fashion_mnist(tmp_path / "data", n=128, folder="MNIST")  # train 128, t10k 32
+    features = _features_file(tmp_path / "features.pt")
+    args = TINY + MNIST + EVAL + ["train.steps=4", f"data.root={root}", f"eval.features=torchscript:{features}"]
+    plain = ok(train(args + [f"run.dir={tmp_path}/plain"]))[0]
+    held = ok(train(args + [f"eval.real={root}", f"run.dir={tmp_path}/held"], world_size=2, timeout=180))[0]
+    # the reference half and the held-out half of the 32 test images, not of the 128 training ones
+    assert "40 generated and 40 held-out real images, each against the 64-image reference half" in plain.out
+    assert "16 generated and 16 held-out real images, each against the 16-image reference half" in held.out
+    rows = [r for r in metrics_rows(tmp_path / "held") if "fid" in r]
+    plain_rows = [r for r in metrics_rows(tmp_path / "plain") if "fid" in r]
+    assert rows and rows[-1]["ref_fid"] != plain_rows[-1]["ref_fid"]
+
+
+def test_a_held_out_set_that_cannot_serve_is_one_line(tmp_path):
+    root = write_fashion_mnist(tmp_path / "data", n=64, folder="MNIST")
+    features = _features_file(tmp_path / "features.pt")
+    base = TINY + MNIST + EVAL + ["train.steps=2", f"data.root={root}", f"eval.features=torchscript:{features}"]
+    one_line_error(train(base + [f"eval.real={tmp_path}/none", f"run.dir={tmp_path}/a"])[0],
+                   "eval.real:", f"{tmp_path}/none does not exist")
+    one_line_error(train(TINY + EVAL + [f"eval.real={root}", f"run.dir={tmp_path}/b"])[0],
+                   "eval.real: data.name=digits is the embedded set")
+    # an image folder with other classes than the training folder's
+    train_root, other = write_image_folder(tmp_path / "g2"), write_image_folder(tmp_path / "g3", classes=("a", "b", "c"))
+    cfg = config.load(None, ["data.name=image_folder", f"data.root={train_root}", "data.image_size=8",
+                             f"eval.real={other}", "train.batch_size=4"])
+    _, info = build_dataset(cfg)
+    try:
+        held_out_real(cfg, World(), info)
+    except UserError as e:
+        assert str(e).startswith(f"eval.real: {other} holds 1-channel 8px images in 3 classes") and "in 2" in str(e)
+    else:
+        raise AssertionError("a held-out folder of 3 classes for a 2-class training set was taken")
