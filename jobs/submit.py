@@ -33,6 +33,11 @@ class TrainingJob(submitit.helpers.Checkpointable):
     def __init__(self, config_file: Optional[str], overrides: list[str]):
         self.config_file, self.overrides = config_file, list(overrides)
 
+    @property
+    def run_dir(self) -> Path:
+        """The run directory runs() fixed: the last run.dir override, which wins over the user's."""
+        return Path([o for o in self.overrides if o.startswith("run.dir=")][-1].split("=", 1)[1])
+
     def argv(self) -> list[str]:
         return (["--config", self.config_file] if self.config_file else []) + self.overrides
 
@@ -189,8 +194,8 @@ def submit(argv: Optional[list[str]] = None) -> list:
     """Submit and return the submitit jobs (tests and notebooks use this)."""
     args = parse_args(argv)
     jobs = runs(args)
-    first_dir = Path(next(o for o in jobs[0].overrides if o.startswith("run.dir=")).split("=", 1)[1])
-    folder = (first_dir.parent if len(jobs) > 1 or args.sweep or args.sweep_file else first_dir) / "submitit"
+    # a sweep's logs beside its run directories, a single run's inside its own
+    folder = (jobs[0].run_dir.parent if args.sweep or args.sweep_file else jobs[0].run_dir) / "submitit"
     executor = make_executor(args, folder)
     if len(jobs) == 1:
         submitted = [executor.submit(jobs[0])]
@@ -198,8 +203,7 @@ def submit(argv: Optional[list[str]] = None) -> list:
         with executor.batch():
             submitted = [executor.submit(job) for job in jobs]
     for job, spec in zip(submitted, jobs):
-        run_dir = next(o for o in spec.overrides if o.startswith("run.dir=")).split("=", 1)[1]
-        print(f"submitted job {job.job_id}: run dir {run_dir}\n  stdout {job.paths.stdout}\n  stderr {job.paths.stderr}",
+        print(f"submitted job {job.job_id}: run dir {spec.run_dir}\n  stdout {job.paths.stdout}\n  stderr {job.paths.stderr}",
               flush=True)
     return submitted
 

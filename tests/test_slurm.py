@@ -184,7 +184,7 @@ def test_a_task_uses_its_cpus_per_task_and_srun_gets_the_flag(tmp_path):
         _cancel(job.job_id)
 
 
-def test_a_sweep_grid_is_one_task_and_one_run_directory_per_combination_each_resumable(tmp_path):
+def test_a_sweep_grid_is_one_task_and_one_run_directory_per_combination_each_resumable(tmp_path, capsys):
     from jobs.submit import submit
 
     root = tmp_path / "sweep"
@@ -204,6 +204,8 @@ def test_a_sweep_grid_is_one_task_and_one_run_directory_per_combination_each_res
 
     jobs = round_to(3)
     assert len(jobs) == 4 and len({j.job_id.split("_")[0] for j in jobs}) == 1  # one job array
+    said = capsys.readouterr().out  # each task's own directory; the array's logs beside them
+    assert all(f"run dir {root / n}\n" in said for n in names) and (root / "submitit").is_dir(), said
     assert sorted(p.name for p in root.iterdir() if p.name != "submitit") == sorted(names)
     for n in names:  # each directory trained its own combination
         saved = latest_ckpt(root / n)["config"]
