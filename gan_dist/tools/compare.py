@@ -103,13 +103,14 @@ def plot(runs: list[dict], metric: str, out: Path) -> Optional[Path]:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    drawn = False
+    drawn, values = False, []
     for run in runs:
         batch = int(run["settings"].get("train.batch_size", 1))
         have = [r for r in run["rows"] if r.get(metric) is not None]
         if not have:
             continue
         drawn = True
+        values += [r[metric] for r in have] + [r[f"ref_{metric}"] for r in have if r.get(f"ref_{metric}") is not None]
         line, = ax.plot([r["step"] * batch / 1000 for r in have], [r[metric] for r in have], marker="o",
                         label=run["dir"].name)
         if have[-1].get(f"ref_{metric}") is not None:
@@ -117,6 +118,8 @@ def plot(runs: list[dict], metric: str, out: Path) -> Optional[Path]:
     if not drawn:
         plt.close(fig)
         return None
+    if min(values) > 0 and max(values) > 10 * min(values):  # early FIDs would flatten the end that matters
+        ax.set_yscale("log")
     ax.set_xlabel("thousands of images seen by the generator")
     ax.set_ylabel(f"{metric} (dashed: real vs real)")
     ax.legend(fontsize=7)
