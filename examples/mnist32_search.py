@@ -80,15 +80,20 @@ def prepare(args) -> None:
           f"(feature scale {scale:.4g})")
 
 
-def overrides(args) -> None:
-    """What every point of the search shares, on top of configs/glasses_cwgan_gp.yaml."""
+def shared(budget_s: int = 600, seed: int = 0, stage: str = "screen", for_config: bool = False) -> list[str]:
+    """What every point of the search shares, on top of configs/glasses_cwgan_gp.yaml; for_config:
+    only the data and the judge, on top of configs/mnist32.yaml."""
     data = OUT / "data"
-    print(" ".join([
-        "data.name=mnist", f"data.root={data}", "data.image_size=32", "data.channels=1", "model.z_dim=64",
-        f"eval.real={data}", f"eval.features=torchscript:{OUT / 'judge32.pt'}", "eval.every=500",
-        "eval.num_samples=500", f"train.max_time_s={args.budget_s}", "train.steps=1000000", "train.threads=1",
-        "train.checkpoint_every=1000", "train.sample_every=1000", f"seed={args.seed}",
-        f"run.dir={OUT / args.stage}"]))
+    judged = [f"data.root={data}", f"eval.real={data}", f"eval.features=torchscript:{OUT / 'judge32.pt'}",
+              "eval.every=500", "eval.num_samples=500", f"seed={seed}", f"run.dir={OUT / stage}"]
+    recipe = ["data.name=mnist", "data.image_size=32", "data.channels=1", "model.z_dim=64", "train.threads=1",
+              f"train.max_time_s={budget_s}", "train.steps=1000000", "train.checkpoint_every=1000",
+              "train.sample_every=1000"]
+    return judged if for_config else recipe + judged
+
+
+def overrides(args) -> None:
+    print(" ".join(shared(args.budget_s, args.seed, args.stage, args.for_config)))
 
 
 def main() -> int:
@@ -99,6 +104,7 @@ def main() -> int:
     o.add_argument("--budget-s", type=int, default=600)
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--stage", default="screen", help="the folder under runs/mnist32_search for this sweep's runs")
+    o.add_argument("--for-config", action="store_true", help="only the data and the judge (for configs/mnist32.yaml)")
     args = p.parse_args()
     (prepare if args.mode == "prepare" else overrides)(args)
     return 0

@@ -1,7 +1,11 @@
 """What a search on real data needs: a wall-clock budget per run (train.max_time_s: every rank
 finishes at the same step, saved; a resume counts the seconds already spent) and evaluation
-against a held-out real set (eval.real: MNIST's t10k files, which training never reads).
-Real processes, gloo."""
+against a held-out real set (eval.real: MNIST's t10k files, which training never reads); and
+what it published, configs/mnist32.yaml, is the point it measured. Real processes, gloo."""
+import sys
+from pathlib import Path
+
+import yaml
 from test_quality import EVAL, _features_file
 
 from gan_dist import config
@@ -63,3 +67,29 @@ def test_a_held_out_set_that_cannot_serve_is_one_line(tmp_path):
         assert str(e).startswith(f"eval.real: {other} holds 1-channel 8px images in 3 classes") and "in 2" in str(e)
     else:
         raise AssertionError("a held-out folder of 3 classes for a 2-class training set was taken")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_configs_mnist32_is_the_point_the_search_measured_and_reads_mnist_files(tmp_path):
+    sys.path.insert(0, str(REPO / "examples"))
+    import mnist32_search
+
+    def flat(d, p=""):
+        for k, v in d.items():
+            yield from flat(v, f"{p}{k}.") if isinstance(v, dict) else [(p + k, v)]
+    winner = [f"{k}={v}" for k, v in yaml.safe_load((REPO / "examples" / "mnist32_decay.yaml").read_text())[0].items()
+              if k != "seed"]
+    searched = dict(flat(config.to_dict(config.load(str(REPO / "configs" / "glasses_cwgan_gp.yaml"),
+                                                    mnist32_search.shared() + winner))))
+    published = dict(flat(config.to_dict(config.load(str(REPO / "configs" / "mnist32.yaml"),
+                                                     mnist32_search.shared(for_config=True)))))
+    differ = {k for k in searched if searched[k] != published[k]}
+    # what the search ran for its budget, not what trains: its steps and budget, threads, file cadence
+    assert differ == {"train.steps", "train.max_time_s", "train.threads", "train.checkpoint_every",
+                      "train.sample_every"}, differ
+    root = write_fashion_mnist(tmp_path / "data", n=32, folder="MNIST")
+    r = ok(train(["--config", str(REPO / "configs" / "mnist32.yaml"), f"data.root={root}", "train.steps=2",
+                  "train.threads=1", f"run.dir={tmp_path}/run"]))[0]
+    assert "on mnist" in r.out + r.err and latest_ckpt(tmp_path / "run")["step"] == 2
