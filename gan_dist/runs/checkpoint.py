@@ -285,7 +285,8 @@ def apply_optimizer_config(optimizers: dict, cfg: Config, state: dict[str, Any],
 
 def load_state_equal(a: Path, b: Path) -> str:
     """"" when two checkpoints hold bitwise the same training state (models, optimizers, EMA,
-    data position, step; not the config they were run with), else the first key that differs."""
+    data position, step; not the config they were run with or the seconds they took), else the
+    first key that differs."""
     def first_difference(x, y, where: str) -> str:
         if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
             return "" if x.shape == y.shape and torch.equal(x, y) else where
@@ -299,5 +300,5 @@ def load_state_equal(a: Path, b: Path) -> str:
             return next((d for i, (u, v) in enumerate(zip(x, y)) for d in [first_difference(u, v, f"{where}[{i}]")] if d), "")
         return "" if x == y else where
     sa, sb = (_read(p) for p in (a, b))
-    skip = ("config", "wandb_run_id")
+    skip = ("config", "wandb_run_id", "train_seconds")  # how it was run, and how long: not the training state
     return first_difference({k: v for k, v in sa.items() if k not in skip}, {k: v for k, v in sb.items() if k not in skip}, "")
