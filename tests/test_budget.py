@@ -12,7 +12,17 @@ from gan_dist import config
 from gan_dist.data.datasets import build_dataset, held_out_real
 from gan_dist.distributed import World
 from gan_dist.errors import UserError
-from helpers import TINY, latest_ckpt, metrics_rows, ok, one_line_error, train, write_fashion_mnist, write_image_folder
+from helpers import (
+    TINY,
+    latest_ckpt,
+    metrics_rows,
+    ok,
+    one_line_error,
+    train,
+    train_injected,
+    write_fashion_mnist,
+    write_image_folder,
+)
 
 MNIST = ["data.name=mnist", "data.image_size=8"]
 
@@ -32,6 +42,17 @@ def test_a_time_budget_ends_both_ranks_at_one_saved_step_and_a_resume_counts_wha
     second = latest_ckpt(run)
     assert second["step"] > first["step"] and 5 <= second["train_seconds"] < first["train_seconds"] + 60
     assert metrics_rows(run)[-1]["step"] <= second["step"]
+
+
+def test_a_budget_one_rank_alone_sees_spent_ends_both_ranks_at_the_same_step(tmp_path):
+    # rank 1's clock runs an hour ahead: it alone sees the budget spent at its first step, and
+    # both ranks finish there (a rank deciding alone would leave the other in a collective)
+    run = tmp_path / "run"
+    results = ok(train_injected(TINY + ["train.steps=100000", "train.max_time_s=600", f"run.dir={run}"], world_size=2,
+                                timeout=180, env_extra={"GAN_DIST_TEST_CLOCK_AHEAD": "1:3600"}))
+    saved = latest_ckpt(run)  # rank 0 saves, by its own clock: far from spent
+    assert saved["step"] == 1 and saved["train_seconds"] < 600
+    assert "train.max_time_s=600 reached at step 1" in results[0].out + results[0].err
 
 
 def test_evaluation_scores_against_the_held_out_test_files(tmp_path):

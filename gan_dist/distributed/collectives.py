@@ -59,11 +59,16 @@ def all_reduce_mean(tensor: torch.Tensor, world: World) -> torch.Tensor:
 def max_over_ranks(value: int, world: World) -> int:
     """The largest of every rank's value, on every rank: how ranks agree on a decision that
     may differ per rank (a signal arrived). A CPU all-reduce: no device sync under nccl."""
+    return maxes_over_ranks([value], world)[0]
+
+
+def maxes_over_ranks(values: list[int], world: World) -> list[int]:
+    """max_over_ranks of several decisions in one all-reduce."""
     if not world.distributed:
-        return value
-    t = torch.tensor([value], dtype=torch.int64)
+        return list(values)
+    t = torch.tensor(values, dtype=torch.int64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=world.cpu_group)
-    return int(t.item())
+    return t.tolist()
 
 
 def parameter_checksum(*modules: torch.nn.Module, tensors=()) -> float:

@@ -20,7 +20,7 @@ import subprocess
 import time
 from typing import Any, Optional
 
-from gan_dist.distributed.collectives import barrier, max_over_ranks
+from gan_dist.distributed.collectives import barrier, maxes_over_ranks
 from gan_dist.distributed.world import World
 
 log = logging.getLogger("gan_dist")
@@ -35,6 +35,7 @@ class Preemption:
     def __init__(self) -> None:
         self.signum = 0
         self.requeued = False
+        self.time_up = False  # some rank's train.max_time_s is spent (agree's second value)
         self._previous: dict[int, Any] = {}
 
     @property
@@ -67,13 +68,15 @@ class Preemption:
     def priority(self) -> int:
         return PRIORITY[self.signum]
 
-    def agree(self, world: World) -> int:
+    def agree(self, world: World, time_up: bool = False) -> int:
         """The highest signal any rank has seen, the same on every rank (one CPU all-reduce):
         what the ranks act on, all at the same step. The local flag is only raised to it, never
         overwritten: a signal that lands while the all-reduce runs stays pending and is agreed
-        on at the next step boundary."""
-        agreed = max_over_ranks(self.priority, world)
+        on at the next step boundary. time_up (this rank's clock has spent train.max_time_s)
+        rides in the same all-reduce: self.time_up says whether any rank's has."""
+        agreed, any_time_up = maxes_over_ranks([self.priority, int(time_up)], world)
         self._raise_to(agreed)
+        self.time_up = self.time_up or bool(any_time_up)
         return agreed
 
     def settle(self, world: World, agreed: int) -> None:

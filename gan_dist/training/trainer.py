@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from gan_dist import distributed
 from gan_dist.config import METRIC_DIRECTION, NEEDS_CLASSES, Config, dump, to_dict
 from gan_dist.data import BatchStream, DataInfo, build_dataset, check_dataset, fingerprint, held_out_real
-from gan_dist.distributed import World, check_consistency, max_over_ranks
+from gan_dist.distributed import World, check_consistency
 from gan_dist.distributed.preemption import Preemption
 from gan_dist.distributed.seeding import draw, mix_seed
 from gan_dist.errors import UserError
@@ -303,7 +303,8 @@ class Trainer:
         cfg, world = self.cfg, self.world
         # what every rank of a job pays before it trains: interpreter, imports, data, models, resume
         self.startup_s = clock.process_age()
-        if self.step >= cfg.train.steps or self._out_of_time():
+        budget = cfg.train.max_time_s  # train_seconds is the checkpoint's: the same on every rank
+        if self.step >= cfg.train.steps or (budget and self.train_seconds >= budget):
             self.tracker.info(f"nothing to do: {self.run_dir.path} is at step {self.step} (train.steps={cfg.train.steps}"
                               + (f", {self.train_seconds:.0f} s of train.max_time_s={cfg.train.max_time_s:g} spent)"
                                  if cfg.train.max_time_s else ")"))
@@ -314,15 +315,17 @@ class Trainer:
                           f"{self.layout.accumulation} micro-batch(es) of {self.layout.micro_batch}; start-up "
                           f"{self.startup_s:.1f} s (process start to first step)")
         self.window.reset()
-        self.started = time.monotonic()
+        self.started, self.preemption.time_up = time.monotonic(), False
         while self.step < cfg.train.steps:
             self.window.add(self.train_step(self.step), self.step)
             self.step += 1
             self.tracker.advance()
-            last = self.step == cfg.train.steps or self._out_of_time()
-            # The one per-step collective: a CPU all-reduce of the signal flags, so every rank
-            # stops at the same step even when only some ranks received the signal.
-            stop = self.preemption.agree(world) > 0 and not last
+            # The one per-step collective: a CPU all-reduce of the signal flags (and of "this rank's
+            # clock has spent train.max_time_s"), so every rank stops at the same step even when
+            # only some ranks received the signal or some clocks run ahead.
+            agreed = self.preemption.agree(world, time_up=bool(budget) and self.spent_s >= budget)
+            last = self.step == cfg.train.steps or self.preemption.time_up
+            stop = agreed > 0 and not last
             save_now = last or stop or self.step % cfg.train.checkpoint_every == 0
             eval_now = bool(self.eval_every) and (last or self.step % self.eval_every == 0)
             # What is saved or evaluated was judged first: a window gone non-finite diverges here
@@ -346,12 +349,6 @@ class Trainer:
     def spent_s(self) -> float:
         """Seconds of training so far, over every start of this run (start-up not counted)."""
         return self.train_seconds + (time.monotonic() - self.started if self.started is not None else 0.0)
-
-    def _out_of_time(self) -> bool:
-        """train.max_time_s spent, by any rank's clock: one CPU all-reduce, so every rank
-        finishes at the same step (only when a budget is set: the same on every rank)."""
-        budget = self.cfg.train.max_time_s
-        return bool(budget) and bool(max_over_ranks(int(self.spent_s >= budget), self.world))
 
     def _ddp_note(self) -> str:
         if not self.world.distributed:

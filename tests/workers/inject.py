@@ -22,6 +22,8 @@ GAN_DIST_TEST_SAVE_FAULT=unlink|pickle  on rank 0: removing an old checkpoint ra
 GAN_DIST_TEST_PROBE_LIMITS=L0,L1       train.micro_batch=auto's probe on the CPU: rank r's device "holds" a
     micro-batch of n when n <= Lr; each trial runs build.trial (the real forwards and backwards)
     and, with GAN_DIST_TEST_RECORD, records "probe N"
+GAN_DIST_TEST_CLOCK_AHEAD=R:S         rank R's training clock (the trainer's time.monotonic) runs S seconds
+    ahead once training starts: one rank alone sees train.max_time_s spent
 GAN_DIST_TEST_RECORD=DIR               each rank appends to DIR/rank{r}.txt what it did:
     "download" for each Fashion-MNIST download it ran (a fake one: writes IDX files after
     a second, so two concurrent downloads would overlap), "real N" for the real images it
@@ -54,8 +56,8 @@ if os.environ.get("GAN_DIST_TEST_SIGNAL_IN_AGREE"):
     all_reduce = dist.all_reduce
 
     def all_reduce_with_signal(tensor, op=dist.ReduceOp.SUM, group=None, async_op=False):
-        # The agreement is the only MAX all-reduce of one int64 (old code and new alike).
-        if op == dist.ReduceOp.MAX and tensor.dtype == torch.int64 and tensor.numel() == 1:
+        # The agreement is the only MAX all-reduce of two int64 (the signal, the time budget).
+        if op == dist.ReduceOp.MAX and tensor.dtype == torch.int64 and tensor.numel() == 2:
             calls["n"] += 1
             if calls["n"] == int(step) and str(RANK) in ranks.split(","):
                 os.kill(os.getpid(), in_agree)  # its handler runs before the next line
@@ -127,6 +129,20 @@ if os.environ.get("GAN_DIST_TEST_EVAL_VALUES"):
         return {name: value for name in METRIC_DIRECTION}
 
     evaluation.evaluate = scripted_evaluate
+
+if os.environ.get("GAN_DIST_TEST_CLOCK_AHEAD"):
+    import types
+
+    from gan_dist.training import trainer
+
+    rank, ahead = os.environ["GAN_DIST_TEST_CLOCK_AHEAD"].split(":")
+    if int(rank) == RANK:
+        first = {}
+
+        def monotonic() -> float:  # the first reading (the loop's start) is true, then S ahead
+            now = time.monotonic()
+            return now if first.setdefault("t", now) == now else now + float(ahead)
+        trainer.time = types.SimpleNamespace(monotonic=monotonic)
 
 if os.environ.get("GAN_DIST_TEST_HIDE"):
     import builtins
