@@ -97,15 +97,14 @@ def test_configs_mnist32_is_the_point_the_search_measured_and_reads_mnist_files(
     sys.path.insert(0, str(REPO / "examples"))
     import mnist32_search
 
-    def flat(d, p=""):
-        for k, v in d.items():
-            yield from flat(v, f"{p}{k}.") if isinstance(v, dict) else [(p + k, v)]
+    from gan_dist.tools.compare import _flat as flat  # config dicts as dotted keys, as compare reads them
+
     winner = [f"{k}={v}" for k, v in yaml.safe_load((REPO / "examples" / "mnist32_decay.yaml").read_text())[0].items()
               if k != "seed"]
-    searched = dict(flat(config.to_dict(config.load(str(REPO / "configs" / "glasses_cwgan_gp.yaml"),
-                                                    mnist32_search.shared() + winner))))
-    published = dict(flat(config.to_dict(config.load(str(REPO / "configs" / "mnist32.yaml"),
-                                                     mnist32_search.shared(for_config=True)))))
+    searched = flat(config.to_dict(config.load(str(REPO / "configs" / "glasses_cwgan_gp.yaml"),
+                                               mnist32_search.shared() + winner)))
+    published = flat(config.to_dict(config.load(str(REPO / "configs" / "mnist32.yaml"),
+                                                mnist32_search.shared(for_config=True))))
     differ = {k for k in searched if searched[k] != published[k]}
     # what the search ran for its budget, not what trains: its steps and budget, threads, file cadence
     assert differ == {"train.steps", "train.max_time_s", "train.threads", "train.checkpoint_every",
